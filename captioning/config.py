@@ -1,0 +1,189 @@
+"""One typed config for an experiment, read from YAML and validated before any work starts.
+
+Every key of an experiment file maps to one field below; an unknown key or a bad value is a
+one-line `ConfigError` naming it, e.g. ``model.lstm_units: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message names it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    root: Path = Path("data/sample")
+    format: Literal["auto", "kaggle", "token", "karpathy"] = "auto"
+    # The seed dropped one-letter words ("a"); keeping them makes BLEU comparable with papers.
+    keep_one_letter_words: bool = False
+    # The seed kept words seen more than once: 2232 words on Flickr8k.
+    min_word_count: int = Field(2, ge=1)
+    split_seed: int = 0
+    # Drawn by `captioning sample-data` when data.root does not exist (0 = never draw).
+    sample_images: int = Field(0, ge=0)
+
+
+class EncoderConfig(_Section):
+    name: str = "inception_v3"
+    # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
+    weights: str = "imagenet"
+    # None = the encoder's native input size (299 for inception_v3, 224 for resnet50).
+    image_size: int | None = Field(None, ge=32)
+    batch_size: int = Field(32, ge=1)
+    # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
+    cache_dir: Path | None = None
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    decode_workers: int = Field(4, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        from captioning.encoders import ENCODERS
+
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+        return name
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        env = os.environ.get("CAPTIONING_CACHE_DIR")
+        return Path(env) if env else Path.home() / ".cache" / "captioning"
+
+
+class ModelConfig(_Section):
+    lstm_units: int = Field(256, ge=1)  # seed: 256
+    # Ignored for spaCy embeddings, whose vectors fix the width (300 for en_core_web_md).
+    embedding_dim: int = Field(256, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
+    # Fine-tune the embedding matrix (a spaCy matrix stays fixed when false).
+    train_embedding: bool = True
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(50, ge=1)  # seed: 50
+    batch_size: int = Field(32, ge=1)  # seed: 32 (captions per batch here)
+    learning_rate: float = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
+    seed: int = 0
+    # Early stopping: epochs without improvement of `monitor` before training stops.
+    patience: int = Field(5, ge=1)
+    monitor: Literal[
+        "val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"
+    ] = "val_loss"
+    # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images.
+    score_images: int = Field(250, ge=1)
+    max_caption_length: int = Field(40, ge=3)  # tokens, startseq/endseq included
+
+    @property
+    def monitor_mode(self) -> Literal["min", "max"]:
+        return "min" if self.monitor == "val_loss" else "max"
+
+
+class DecodeConfig(_Section):
+    beam_width: int = Field(1, ge=1)
+    max_length: int = Field(40, ge=2)
+
+
+class ExperimentConfig(_Section):
+    name: str = "captioning"
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    # "learned", or "spacy:<model name or path>" (the seed used spacy:en_core_web_md).
+    embedding: str = "learned"
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+    output_dir: Path = Path("runs")
+
+    @field_validator("embedding")
+    @classmethod
+    def _known_embedding(cls, value: str) -> str:
+        if value == "learned" or (value.startswith("spacy:") and len(value) > len("spacy:")):
+            return value
+        raise ValueError(f"expected 'learned' or 'spacy:<model name or path>', got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able data (paths as strings)."""
+        return json.loads(self.model_dump_json())
+
+
+def _error_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    if first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {message}{suffix}"
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a nested mapping into an ExperimentConfig, or raise a one-line ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping copy."""
+    result = json.loads(json.dumps(data, default=str))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.lstm_units=128")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return result
+
+
+def load_experiment(path: Path | str | None = None, overrides: list[str] | None = None
+                    ) -> ExperimentConfig:
+    """Read an experiment YAML (default experiments/quickstart.yaml), apply overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_EXPERIMENT
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return parse_config(data, source=str(path))
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def read_config(path: Path) -> ExperimentConfig:
+    """Read a resolved config saved beside a model (config.json)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the model's config ({error})") from None
+    return parse_config(data, source=str(path))

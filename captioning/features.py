@@ -1,0 +1,185 @@
+"""Image features: extracted once per (encoder, weights, input size, image list), cached as .npy.
+
+The cache is shared by every run and every sweep trial. A file lock serialises extraction, so
+when two processes ask at once one extracts and the other waits and then reads the result;
+files are written under a temporary name and renamed, so a half-written file is never read.
+Unreadable images are skipped and reported, never a crash halfway through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from captioning.config import EncoderConfig
+from captioning.encoders import ENCODERS, RANDOM_WEIGHTS_SEED, build_encoder
+from captioning.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "captioning.features/1"
+
+
+@dataclass
+class FeatureSet:
+    """Features of `names[i]` in row i of `array`; `skipped` maps image name -> reason."""
+
+    names: list[str]
+    array: np.ndarray  # (images, dim)
+    skipped: dict[str, str]
+    path: Path
+    extracted: bool  # True when this call ran the encoder, False when read from the cache
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {name: row for row, name in enumerate(self.names)}
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        return self.array[[self.index[name] for name in names]]
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+
+def _weights_identity(weights: str) -> object:
+    if weights in ("imagenet", "none"):
+        return weights if weights == "imagenet" else f"none:{RANDOM_WEIGHTS_SEED}"
+    stat = Path(weights).expanduser().stat()
+    return {"file": str(Path(weights).expanduser().resolve()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> str:
+    """A digest of everything the features depend on, the image files' sizes and times too."""
+    images = []
+    for name in sorted(names):
+        try:
+            stat = (image_dir / name).stat()
+            images.append((name, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            images.append((name, -1, -1))
+    spec = {
+        "format": CACHE_FORMAT,
+        "encoder": encoder.name,
+        "weights": _weights_identity(encoder.weights),
+        "image_size": encoder.image_size or ENCODERS[encoder.name].image_size,
+        "dtype": encoder.cache_dtype,
+        "images": images,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int
+                    ) -> Iterator[list[tuple[int, np.ndarray | ImageError]]]:
+    """Decode and resize images on a thread pool, a few batches ahead of the consumer.
+
+    Yields, per batch, (position in `paths`, uint8 array or the ImageError for that file).
+    """
+
+    def load(path: Path) -> np.ndarray | ImageError:
+        try:
+            return load_image(path, size)
+        except ImageError as error:
+            return error
+
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[int, list[Future]]] = deque()
+        queue = iter(starts)
+
+        def submit_next() -> None:
+            start = next(queue, None)
+            if start is not None:
+                chunk = paths[start:start + batch_size]
+                pending.append((start, [pool.submit(load, path) for path in chunk]))
+
+        for _ in range(3):  # batches decoded ahead while the encoder runs
+            submit_next()
+        while pending:
+            start, futures = pending.popleft()
+            submit_next()
+            yield [(start + offset, future.result()) for offset, future in enumerate(futures)]
+
+
+def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],
+            progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """Run the encoder over images; returns (features, names kept, skipped name -> reason)."""
+    spec = ENCODERS[encoder_config.name]
+    size = encoder_config.image_size or spec.image_size
+    encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
+    preprocess = spec.preprocess()
+    paths = [image_dir / name for name in names]
+    rows: list[np.ndarray] = []
+    kept: list[str] = []
+    skipped: dict[str, str] = {}
+    bar = tqdm(total=len(paths), desc=f"features {encoder_config.name}", unit="img",
+               disable=not progress)
+    for batch in decoded_batches(paths, size, encoder_config.batch_size,
+                                 encoder_config.decode_workers):
+        good = [(position, array) for position, array in batch if isinstance(array, np.ndarray)]
+        for position, result in batch:
+            if isinstance(result, ImageError):
+                skipped[names[position]] = result.reason
+                log.warning("skipping image %s", result)
+        if good:
+            pixels = preprocess(np.stack([array for _, array in good]).astype("float32"))
+            # (batch, dim)
+            vectors = np.asarray(encoder.predict_on_batch(pixels))
+            rows.append(vectors.astype(encoder_config.cache_dtype))
+            kept.extend(names[position] for position, _ in good)
+        bar.update(len(batch))
+    bar.close()
+    dim = int(encoder.output_shape[-1])
+    array = np.concatenate(rows) if rows else np.zeros((0, dim), encoder_config.cache_dtype)
+    return array, kept, skipped
+
+
+def load_or_extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],
+                    progress: bool = True) -> FeatureSet:
+    """Features for `names` from the cache, extracting them first if no process has yet."""
+    cache_dir = encoder_config.resolved_cache_dir() / "features"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(encoder_config, image_dir, names)
+    array_path = cache_dir / f"{encoder_config.name}-{key}.npy"
+    index_path = array_path.with_suffix(".json")
+    lock = FileLock(str(array_path) + ".lock")
+    with lock:
+        if array_path.exists() and index_path.exists():
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            array = np.load(array_path, allow_pickle=False)
+            return FeatureSet(index["names"], array, index["skipped"], array_path, False)
+        log.info("extracting %s features of %d images into %s", encoder_config.name,
+                 len(names), array_path)
+        array, kept, skipped = extract(encoder_config, image_dir, names, progress)
+        index = {"format": CACHE_FORMAT, "encoder": encoder_config.name,
+                 "weights": encoder_config.weights, "names": kept, "skipped": skipped}
+        # The index goes first: the .npy appearing is what marks the entry complete.
+        _atomic_write(index_path, lambda s: s.write(json.dumps(index).encode()))
+        _atomic_write(array_path, lambda s: np.save(s, array, allow_pickle=False))
+        return FeatureSet(kept, array, skipped, array_path, True)

@@ -1,0 +1,56 @@
+"""Reading any common image file into a fixed-size RGB array, or a clear reason why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: PIL's convert("RGB") clips at 255, so rescale to 8 bits first.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: Path | str, size: int) -> np.ndarray:
+    """Decode `path` and resize it to (size, size, 3) uint8 RGB.
+
+    Handles JPEG/PNG/… in greyscale, palette, CMYK, 16-bit and alpha (composited on white),
+    honours EXIF orientation, and raises ImageError for missing, truncated or non-image files.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            # JPEG can decode straight to a smaller scale: much faster for large photos.
+            image.draft("RGB", (size, size))
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            rgb = _to_rgb(image)
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image file PIL can read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(path, f"image too large ({error})") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(path, f"unreadable image ({error})") from None
