@@ -10,6 +10,7 @@ runs on the JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,10 @@ class StepDecoder:
         token = keras.Input((), dtype="int32")
         h_in, c_in = keras.Input((units,)), keras.Input((units,))
         embedded = model.get_layer("embedding")(token)  # (batch, width)
-        out, (h_out, c_out) = model.get_layer("lstm").cell(embedded, [h_in, c_in])
+        with warnings.catch_warnings():
+            # Decoded tokens are never padding, so the embedding's mask carries nothing here.
+            warnings.filterwarnings("ignore", message=".*does not support masking")
+            out, (h_out, c_out) = model.get_layer("lstm").cell(embedded, [h_in, c_in])
         merged = model.get_layer("merge")([ctx, out])
         logits = model.get_layer("logits")(model.get_layer("decoder_dense")(merged))
         self.step_model = keras.Model([ctx, token, h_in, c_in], [logits, h_out, c_out])

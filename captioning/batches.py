@@ -1,0 +1,97 @@
+"""Training batches for teacher forcing: whole captions, bucketed by length.
+
+Each caption is one sample: input tokens `startseq w1 .. wn` and targets `w1 .. wn endseq`,
+right-padded with 0 only up to the longest caption of its batch (rounded up to `bucket`
+tokens). The seed instead expanded every caption into one padded sample per next word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from captioning.text import Vocabulary
+
+
+def encode_captions(captions: Sequence[str], vocab: Vocabulary, max_length: int
+                    ) -> list[np.ndarray]:
+    """Token ids per caption, cut to `max_length` tokens with endseq kept as the last."""
+    encoded = []
+    for caption in captions:
+        ids = vocab.encode(caption)
+        if len(ids) > max_length:
+            ids = ids[:max_length - 1] + [vocab.end_id]
+        encoded.append(np.asarray(ids, "int32"))
+    return encoded
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """Batches of ({"image": (batch, dim), "tokens": (batch, time)}, targets (batch, time)).
+
+    `rows[i]` is the feature row of caption `sequences[i]`. With shuffle, the order of captions
+    within a length and the order of batches change every epoch (seeded).
+    """
+
+    def __init__(self, features: np.ndarray, rows: np.ndarray, sequences: list[np.ndarray],
+                 batch_size: int, *, shuffle: bool, seed: int = 0, bucket: int = 4):
+        super().__init__()
+        if not sequences:
+            raise ValueError("no captions to batch")
+        self.features = features.astype("float32", copy=False)
+        self.rows = np.asarray(rows)
+        self.sequences = sequences
+        self.lengths = np.array([len(s) - 1 for s in sequences])  # steps per caption
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucket = bucket
+        self.rng = np.random.default_rng(seed)
+        self.batches: list[np.ndarray] = []
+        self._plan()
+
+    def _plan(self) -> None:
+        order = np.arange(len(self.sequences))
+        if self.shuffle:
+            order = self.rng.permutation(order)
+        # A stable sort by length keeps the shuffled order among captions of equal length.
+        order = order[np.argsort(self.lengths[order], kind="stable")]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in self.rng.permutation(len(batches))]
+        else:
+            batches = batches[::-1]  # longest first: a shape problem shows at once
+        # Keras' TensorFlow backend fixes each dimension from the first two batches it sees;
+        # giving them different lengths makes the time dimension variable.
+        widths = [self._width(b) for b in batches]
+        other = next((i for i in range(1, len(batches)) if widths[i] != widths[0]), None)
+        if other is not None and other != 1:
+            batches[1], batches[other] = batches[other], batches[1]
+        self.batches = batches
+
+    def _width(self, batch: np.ndarray) -> int:
+        longest = int(self.lengths[batch].max())
+        return -(-longest // self.bucket) * self.bucket
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        batch = self.batches[index]
+        width = self._width(batch)
+        tokens = np.zeros((len(batch), width), "int32")
+        targets = np.zeros((len(batch), width), "int32")
+        for i, caption in enumerate(batch):
+            ids = self.sequences[caption]
+            tokens[i, :len(ids) - 1] = ids[:-1]
+            targets[i, :len(ids) - 1] = ids[1:]
+        return {"image": self.features[self.rows[batch]], "tokens": tokens}, targets
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._plan()
+
+    @property
+    def tokens(self) -> int:
+        """Real (unpadded) target tokens per epoch."""
+        return int(self.lengths.sum())

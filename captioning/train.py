@@ -1,0 +1,158 @@
+"""`train_captioner`: the one training function, for the CLI and for every sweep trial.
+
+Each epoch: train loss and masked accuracy, validation loss and accuracy, and validation
+BLEU-1..4, CIDEr-D and ROUGE-L of greedy captions for a bounded sample of validation images.
+The best epoch (by train.monitor) is kept as a model directory:
+
+    model.keras   the Keras model (loaded in safe mode)
+    vocab.json    the vocabulary
+    config.json   the resolved experiment config
+    metrics.json  the best epoch's metrics; history.json every epoch's
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from captioning.batches import CaptionBatches, encode_captions
+from captioning.config import ExperimentConfig, save_config
+from captioning.decode import generate
+from captioning.embeddings import spacy_embedding_matrix
+from captioning.model import StepDecoder, build_model, compile_model
+from captioning.prepare import Prepared, prepare
+from captioning.scores import caption_scores
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float], Path], None]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    best: dict[str, float]  # metrics of the best epoch ("epoch" included)
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+
+def caption_split(prepared: Prepared, split: str, max_length: int
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(feature row per caption, token ids per caption) for every caption of a split."""
+    rows, captions = [], []
+    for name in prepared.dataset.splits[split]:
+        for caption in prepared.dataset.captions[name]:
+            rows.append(prepared.features.index[name])
+            captions.append(caption)
+    return np.asarray(rows, "int64"), encode_captions(captions, prepared.vocab, max_length)
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Scores greedy captions, keeps the best checkpoint, then hands the epoch to `on_epoch`."""
+
+    def __init__(self, config: ExperimentConfig, prepared: Prepared, model_dir: Path,
+                 on_epoch: EpochCallback | None):
+        super().__init__()
+        self.config, self.prepared, self.model_dir, self.on_epoch = (
+            config, prepared, model_dir, on_epoch)
+        val = sorted(prepared.dataset.splits["val"])
+        rng = np.random.default_rng(config.train.seed)
+        count = min(config.train.score_images, len(val))
+        self.score_images = sorted(rng.choice(val, size=count, replace=False).tolist())
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
+
+    def _improved(self, metrics: dict[str, float]) -> bool:
+        if self.best is None:
+            return True
+        key, mode = self.config.train.monitor, self.config.train.monitor_mode
+        return metrics[key] < self.best[key] if mode == "min" else metrics[key] > self.best[key]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        if self.score_images:
+            captions = generate(StepDecoder(self.model), self.prepared.vocab,
+                                self.prepared.features.rows(self.score_images),
+                                max_length=self.config.train.max_caption_length)
+            references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
+            scores = caption_scores(references, dict(zip(self.score_images, captions,
+                                                         strict=True)))
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        self.history.append(metrics)
+        if self._improved(metrics):
+            self.best = metrics
+            tmp = self.model_dir / "model.tmp.keras"
+            self.model.save(tmp)
+            os.replace(tmp, self.model_dir / "model.keras")  # never a half-written best model
+            _write_json(self.model_dir / "metrics.json", metrics)
+        _write_json(self.model_dir / "history.json", self.history)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, metrics, self.model_dir)
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_model_dir(config: ExperimentConfig) -> Path:
+    return Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
+                    on_epoch: EpochCallback | None = None, prepared: Prepared | None = None,
+                    verbose: int | None = None) -> TrainResult:
+    """Train the merge model described by `config` and keep its best epoch in `model_dir`.
+
+    `on_epoch(epoch, metrics, model_dir)` is called after every epoch, once the checkpoint of
+    a new best epoch is on disk. `prepared` lets a caller reuse data and features.
+    """
+    prepared = prepared or prepare(config)
+    model_dir = Path(model_dir or default_model_dir(config))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, model_dir / "config.json")
+    prepared.vocab.save(model_dir / "vocab.json")
+
+    keras.utils.set_random_seed(config.train.seed)
+    length = config.train.max_caption_length
+    train_rows, train_seqs = caption_split(prepared, "train", length)
+    val_rows, val_seqs = caption_split(prepared, "val", length)
+    train_images = np.unique(train_rows)
+    features = prepared.features.array.astype("float32")
+    mean = features[train_images].mean(axis=0)
+    var = features[train_images].var(axis=0)
+
+    matrix = None
+    if config.embedding.startswith("spacy:"):
+        matrix = spacy_embedding_matrix(config.embedding.removeprefix("spacy:"), prepared.vocab,
+                                        seed=config.train.seed).matrix
+    model = build_model(config.model, len(prepared.vocab), mean, var, matrix)
+    compile_model(model, config.train)
+
+    batch = config.train.batch_size
+    train_batches = CaptionBatches(features, train_rows, train_seqs, batch, shuffle=True,
+                                   seed=config.train.seed)
+    val_batches = (CaptionBatches(features, val_rows, val_seqs, batch, shuffle=False)
+                   if val_seqs else None)
+    epoch_end = _EpochEnd(config, prepared, model_dir, on_epoch)
+    stopper = keras.callbacks.EarlyStopping(monitor=config.train.monitor,
+                                            mode=config.train.monitor_mode,
+                                            patience=config.train.patience)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
+              callbacks=[epoch_end, stopper], verbose=verbose)
+    assert epoch_end.best is not None
+    return TrainResult(model_dir, epoch_end.best, epoch_end.history,
+                       stopped_early=stopper.stopped_epoch > 0)
