@@ -19,10 +19,11 @@ class ImageError(ValueError):
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: PIL's convert("RGB") clips at 255, so rescale to 8 bits first.
+        # 16-bit greyscale: PIL's convert("RGB") clips at 255, so rescale to 8 bits first,
+        # by the 16-bit range (not the image's peak, which would turn a flat grey white).
         array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L")
+        full = max(65535.0, float(array.max()))
+        image = Image.fromarray(np.clip(array * (255.0 / full), 0, 255).round().astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

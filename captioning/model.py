@@ -10,7 +10,6 @@ runs on the JAX and PyTorch backends.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +113,20 @@ def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
     return model
 
 
+class _DropMask(layers.Layer):
+    """Decoded tokens are never padding: the embedding's mask means nothing to one LSTM step."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs: Any) -> Any:
+        return ops.copy(inputs)  # a new tensor: the input's mask stays behind
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> None:
+        return None
+
+
 class StepDecoder:
     """One LSTM step for a whole batch: the trained model's own layers, used step by step.
 
@@ -132,11 +145,8 @@ class StepDecoder:
         ctx = keras.Input((units,))
         token = keras.Input((), dtype="int32")
         h_in, c_in = keras.Input((units,)), keras.Input((units,))
-        embedded = model.get_layer("embedding")(token)  # (batch, width)
-        with warnings.catch_warnings():
-            # Decoded tokens are never padding, so the embedding's mask carries nothing here.
-            warnings.filterwarnings("ignore", message=".*does not support masking")
-            out, (h_out, c_out) = model.get_layer("lstm").cell(embedded, [h_in, c_in])
+        embedded = _DropMask()(model.get_layer("embedding")(token))  # (batch, width)
+        out, (h_out, c_out) = model.get_layer("lstm").cell(embedded, [h_in, c_in])
         merged = model.get_layer("merge")([ctx, out])
         logits = model.get_layer("logits")(model.get_layer("decoder_dense")(merged))
         self.step_model = keras.Model([ctx, token, h_in, c_in], [logits, h_out, c_out])

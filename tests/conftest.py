@@ -1,0 +1,48 @@
+"""Shared fixtures: sample data drawn by the project's own generator, a private feature cache,
+and a spaCy pipeline with a few vectors written to a temp dir (no downloads anywhere)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioning.sample_data import draw_sample_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test caches features under a temp dir, never in the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("feature-cache")
+    os.environ["CAPTIONING_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 synthetic images in the Kaggle Flickr8k layout."""
+    return draw_sample_dataset(tmp_path_factory.mktemp("sample") / "data", images=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def spacy_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A blank English spaCy pipeline with 8-d vectors for a few sample-data words, on disk."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    rng = np.random.default_rng(0)
+    for word in ["red", "green", "blue", "circle", "square", "triangle", "star", "and", "on"]:
+        nlp.vocab.set_vector(word, rng.normal(size=8).astype("float32"))
+    path = tmp_path_factory.mktemp("spacy") / "tiny_vectors"
+    nlp.to_disk(path)
+    return path
+
+
+def small_overrides(root: Path) -> list[str]:
+    """Overrides that make any experiment quick on sample data: random weights, small input."""
+    return [f"data.root={root}", "encoder.weights=none", "encoder.image_size=75",
+            "encoder.batch_size=64"]

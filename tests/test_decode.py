@@ -1,0 +1,120 @@
+"""Batched greedy and beam search over the step decoder."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from captioning.config import ModelConfig
+from captioning.decode import beam_search, generate, greedy
+from captioning.model import StepDecoder, build_model
+from captioning.text import END, START, Vocabulary
+
+WORDS = ["red", "blue", "circle", "square"]
+DIM = 10
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary.build([f"{START} {' '.join(WORDS)} {END}"] * 2, min_count=1)
+
+
+def make_model(vocab: Vocabulary, seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    mean, var = np.zeros(DIM, "float32"), np.ones(DIM, "float32")
+    model = build_model(ModelConfig(lstm_units=8, embedding_dim=6, dropout=0.0), len(vocab),
+                        mean, var)
+    # Larger weights than Glorot's make the next-word distributions peaked and varied.
+    model.set_weights([w * 3 if w.ndim == 2 else w for w in model.get_weights()])
+    return model
+
+
+def log_prob(model, vocab: Vocabulary, feature: np.ndarray, words: list[int],
+             ended: bool) -> float:
+    """log P(words [+ endseq] | image) from the teacher-forced model."""
+    targets = words + ([vocab.end_id] if ended else [])
+    tokens = np.array([[vocab.start_id, *targets]], "int32")
+    logits = np.asarray(model.predict_on_batch([feature[None], tokens]))[0].astype("float64")
+    logits[:, vocab.pad_id] = -np.inf
+    log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                            keepdims=True)) - logits.max(-1, keepdims=True)
+    return float(sum(log_p[t, target] for t, target in enumerate(targets)))
+
+
+def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
+    model = make_model(vocab, seed=1)
+    features = np.random.default_rng(0).normal(size=(6, DIM)).astype("float32")
+    batched = greedy(StepDecoder(model), vocab, features, max_length=8)
+    for row, feature in enumerate(features):
+        tokens = [vocab.start_id]
+        while len(tokens) < 8:
+            logits = np.asarray(model.predict_on_batch(
+                [feature[None], np.array([tokens], "int32")]))[0, -1]
+            logits[vocab.pad_id] = -np.inf
+            word = int(logits.argmax())
+            if word == vocab.end_id:
+                break
+            tokens.append(word)
+        assert batched[row] == tokens[1:]
+
+
+def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everything(vocab):
+    model = make_model(vocab, seed=2)
+    features = np.random.default_rng(1).normal(size=(3, DIM)).astype("float32")
+    max_length = 4  # startseq + up to 3 generated tokens
+    words = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.start_id)]
+    found = beam_search(StepDecoder(model), vocab, features, width=len(words) ** 3,
+                        max_length=max_length)
+    for row, feature in enumerate(features):
+        best, best_score = None, -np.inf
+        for n in range(max_length):
+            for sequence in itertools.product(words, repeat=n):
+                if vocab.end_id in sequence:
+                    continue
+                ended = n < max_length - 1  # shorter captions must end with endseq
+                score = log_prob(model, vocab, feature, list(sequence), ended)
+                if score > best_score:
+                    best, best_score = list(sequence), score
+        assert found[row] == best
+
+
+def test_beam_of_width_one_is_greedy(vocab):
+    model = make_model(vocab, seed=3)
+    features = np.random.default_rng(2).normal(size=(5, DIM)).astype("float32")
+    decoder = StepDecoder(model)
+    assert beam_search(decoder, vocab, features, 1, 10) == greedy(decoder, vocab, features, 10)
+
+
+def test_beams_of_all_images_decode_together_as_they_would_alone(vocab):
+    model = make_model(vocab, seed=4)
+    features = np.random.default_rng(3).normal(size=(4, DIM)).astype("float32")
+    decoder = StepDecoder(model)
+    together = beam_search(decoder, vocab, features, 3, 9)
+    alone = [beam_search(decoder, vocab, features[i:i + 1], 3, 9)[0] for i in range(4)]
+    assert together == alone
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_decoding_stops_at_max_length_when_no_caption_ever_ends(vocab, width):
+    model = make_model(vocab, seed=5)
+    weights = model.get_layer("logits").get_weights()
+    weights[1][vocab.end_id] = -1e9  # endseq can never be chosen
+    model.get_layer("logits").set_weights(weights)
+    features = np.random.default_rng(4).normal(size=(3, DIM)).astype("float32")
+    result = beam_search(StepDecoder(model), vocab, features, width, max_length=7)
+    assert [len(words) for words in result] == [6, 6, 6]
+
+
+def test_generated_text_has_no_start_or_end_marker(vocab):
+    model = make_model(vocab, seed=6)
+    features = np.random.default_rng(5).normal(size=(7, DIM)).astype("float32")
+    captions = generate(StepDecoder(model), vocab, features, beam_width=2, max_length=6,
+                        batch_size=3)
+    assert len(captions) == 7
+    for caption in captions:
+        assert START not in caption.split() and END not in caption.split()
+        assert set(caption.split()) <= set(WORDS) | {"<unk>"}

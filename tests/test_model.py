@@ -1,0 +1,118 @@
+"""The merge model: teacher forcing computes exactly what the seed's prefix model computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captioning.config import ModelConfig, TrainConfig
+from captioning.model import (
+    MaskedAccuracy,
+    StepDecoder,
+    build_model,
+    compile_model,
+    load_keras_model,
+    masked_loss,
+)
+
+VOCAB, DIM, UNITS = 40, 24, 16
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    rng = np.random.default_rng(0)
+    mean, var = rng.normal(size=DIM).astype("float32"), rng.uniform(0.5, 2, DIM).astype("float32")
+    config = ModelConfig(lstm_units=UNITS, embedding_dim=12, dropout=0.5)
+    model = build_model(config, VOCAB, mean, var)
+    features = rng.normal(size=(5, DIM)).astype("float32")
+    lengths = [3, 7, 5, 9, 2]  # tokens per caption, startseq included
+    tokens = np.zeros((5, 9), "int32")
+    for row, length in enumerate(lengths):
+        tokens[row, 0] = 2
+        tokens[row, 1:length] = rng.integers(4, VOCAB, size=length - 1)
+    return config, model, features, tokens, lengths, (mean, var)
+
+
+def test_teacher_forced_model_matches_prefix_model_for_every_prefix(model_and_data):
+    config, model, features, tokens, lengths, (mean, var) = model_and_data
+    width = tokens.shape[1]
+    prefix_model = build_model(config, VOCAB, mean, var, teacher_forcing=False,
+                               prefix_length=width)
+    prefix_model.set_weights(model.get_weights())
+    forced = softmax(np.asarray(model.predict_on_batch([features, tokens])))  # (5, time, V)
+    checked = 0
+    for row, length in enumerate(lengths):
+        for t in range(length):
+            prefix = np.zeros((1, width), "int32")
+            prefix[0, :t + 1] = tokens[row, :t + 1]
+            one = softmax(np.asarray(prefix_model.predict_on_batch([features[row:row + 1],
+                                                                    prefix])))
+            np.testing.assert_allclose(forced[row, t], one[0], atol=1e-5)
+            checked += 1
+    assert checked == sum(lengths)
+
+
+def test_step_decoder_reproduces_teacher_forced_logits(model_and_data):
+    _, model, features, tokens, lengths, _ = model_and_data
+    forced = np.asarray(model.predict_on_batch([features, tokens]))
+    decoder = StepDecoder(model)
+    context = decoder.context(features)
+    h = np.zeros((len(features), UNITS), "float32")
+    c = np.zeros_like(h)
+    for t in range(min(lengths)):
+        logits, h, c = decoder.step(context, tokens[:, t], h, c)
+        np.testing.assert_allclose(logits, forced[:, t], atol=1e-5)
+
+
+def test_masked_loss_ignores_padding_positions():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 6)).astype("float32")
+    targets = np.array([[3, 2, 0, 0], [1, 5, 4, 0]], "int32")
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    expected = -np.mean([log_p[b, t, targets[b, t]] for b, t in real])
+    assert float(masked_loss(targets, logits)) == pytest.approx(expected, rel=1e-5)
+    changed = logits.copy()
+    changed[0, 3] += 100.0  # a padded position: must not move the loss
+    assert float(masked_loss(targets, changed)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_accuracy_counts_real_tokens_across_batches():
+    metric = MaskedAccuracy()
+    one_hot = np.eye(5, dtype="float32")
+    metric.update_state(np.array([[1, 2, 0]]), one_hot[[[1, 3, 0]]])  # 1 of 2 right
+    metric.update_state(np.array([[4, 0, 0]]), one_hot[[[4, 1, 1]]])  # 1 of 1 right
+    assert float(metric.result()) == pytest.approx(2 / 3)
+
+
+def test_saved_model_loads_in_safe_mode_with_identical_outputs(model_and_data, tmp_path):
+    _, model, features, tokens, _, _ = model_and_data
+    compile_model(model, TrainConfig())
+    model.save(tmp_path / "model.keras")
+    loaded = load_keras_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict_on_batch([features, tokens]),
+                               model.predict_on_batch([features, tokens]), atol=1e-6)
+
+
+def test_model_is_built_from_config_widths():
+    mean, var = np.zeros(DIM, "float32"), np.ones(DIM, "float32")
+    model = build_model(ModelConfig(lstm_units=33, embedding_dim=7), VOCAB, mean, var)
+    assert model.get_layer("lstm").units == 33
+    assert model.get_layer("image_dense").units == 33
+    assert model.get_layer("decoder_dense").units == 33
+    assert model.get_layer("embedding").output_dim == 7
+    assert model.output_shape == (None, None, VOCAB)
+
+
+def test_frozen_spacy_matrix_is_not_trainable():
+    mean, var = np.zeros(DIM, "float32"), np.ones(DIM, "float32")
+    matrix = np.random.default_rng(0).normal(size=(VOCAB, 5)).astype("float32")
+    model = build_model(ModelConfig(train_embedding=False), VOCAB, mean, var, matrix)
+    embedding = model.get_layer("embedding")
+    assert not embedding.trainable
+    np.testing.assert_array_equal(embedding.get_weights()[0], matrix)

@@ -1,0 +1,101 @@
+"""train_captioner: per-epoch metrics, the best checkpoint, early stopping, configs that run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioning.config import load_experiment, parse_config
+from captioning.datasets import load_dataset
+from captioning.model import load_keras_model
+from captioning.prepare import prepare
+from captioning.train import train_captioner
+from conftest import REPO, small_overrides
+
+EPOCH_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
+              "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l"}
+
+
+def quick_config(root: Path, **train):
+    return parse_config({
+        "data": {"root": str(root)},
+        "encoder": {"name": "inception_v3", "weights": "none", "image_size": 75},
+        "model": {"lstm_units": 32, "embedding_dim": 16, "dropout": 0.1},
+        "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.003, "score_images": 20,
+                  **train},
+    })
+
+
+def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, tmp_path):
+    seen = []
+    result = train_captioner(quick_config(sample_root), model_dir=tmp_path / "m", verbose=0,
+                             on_epoch=lambda epoch, metrics, path: seen.append(
+                                 (epoch, metrics, (path / "model.keras").exists())))
+    assert [epoch for epoch, _, _ in seen] == [1, 2, 3]
+    for _, metrics, checkpoint_on_disk in seen:
+        assert EPOCH_KEYS <= set(metrics)
+        assert checkpoint_on_disk
+        assert 0.0 <= metrics["val_bleu4"] <= 1.0
+    losses = [metrics["val_loss"] for _, metrics, _ in seen]
+    assert result.best["epoch"] == int(np.argmin(losses)) + 1
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert saved["epoch"] == result.best["epoch"]
+    assert {"model.keras", "vocab.json", "config.json", "history.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()}
+    assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 3
+
+
+def test_training_stops_early_when_validation_stops_improving(sample_root, tmp_path):
+    # A learning rate this large overshoots, so val_loss soon stops going down.
+    config = quick_config(sample_root, epochs=40, patience=1, learning_rate=0.5)
+    result = train_captioner(config, model_dir=tmp_path / "m", verbose=0)
+    assert result.stopped_early
+    assert len(result.history) < 40
+
+
+def test_vocabulary_is_built_from_training_captions_only(sample_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(sample_root, root)
+    splits = load_dataset(root).splits
+    owner = {name: split for split, names in splits.items() for name in names}
+    rows = list(csv.DictReader((root / "captions.txt").open(newline="")))
+    for row in rows:
+        row["caption"] += {"train": " trainword", "val": " valword", "test": " testword"}[
+            owner[row["image"]]]
+    with (root / "captions.txt").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    vocab = prepare(quick_config(root), progress=False).vocab
+    assert "trainword" in vocab.tokens
+    assert "valword" not in vocab.tokens and "testword" not in vocab.tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted((REPO / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_experiment_trains_in_smoke_mode(experiment, sample_root, spacy_pipeline,
+                                               tmp_path):
+    config = load_experiment(experiment, [
+        *small_overrides(sample_root), "train.epochs=1", "train.score_images=10",
+        "train.batch_size=64", f"output_dir={tmp_path}"])
+    if config.embedding.startswith("spacy:"):
+        # The real spaCy model cannot be downloaded here: same code path, a local pipeline.
+        config = config.model_copy(update={"embedding": f"spacy:{spacy_pipeline}"})
+    result = train_captioner(config, verbose=0)
+    assert EPOCH_KEYS <= set(result.best)
+    model = load_keras_model(result.model_dir / "model.keras")
+    assert model.get_layer("lstm").units == config.model.lstm_units
+    if config.embedding.startswith("spacy:") and not config.model.train_embedding:
+        import spacy
+
+        vector = spacy.load(spacy_pipeline).vocab.get_vector("red")
+        vocab_row = json.loads((result.model_dir / "vocab.json").read_text())["tokens"].index(
+            "red")
+        np.testing.assert_array_equal(model.get_layer("embedding").get_weights()[0][vocab_row],
+                                      vector)
