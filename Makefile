@@ -1,0 +1,34 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv and installs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_MODEL ?= runs/quickstart
+
+.PHONY: install demo test lint benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# Draws the sample data (if absent), trains the quickstart experiment, scores it, captions.
+demo: install
+	$(BIN)/captioning train --experiment experiments/quickstart.yaml --output $(DEMO_MODEL)
+	$(BIN)/captioning evaluate --model $(DEMO_MODEL) --beam 3 --output $(DEMO_MODEL)/test-predictions.json
+	$(BIN)/captioning caption --model $(DEMO_MODEL) $$(ls data/sample/Images/*.jpg | head -n 3)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+benchmark: install
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/decode_throughput.py
+
+clean:
+	rm -rf $(VENV) runs data/sample .pytest_cache
