@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
 
@@ -31,10 +39,10 @@ class DataConfig(_Section):
     # The seed dropped one-letter words ("a"); keeping them makes BLEU comparable with papers.
     keep_one_letter_words: bool = False
     # The seed kept words seen more than once: 2232 words on Flickr8k.
-    min_word_count: int = Field(2, ge=1)
-    split_seed: int = 0
+    min_word_count: StrictInt = Field(2, ge=1)
+    split_seed: StrictInt = 0
     # Drawn by `captioning sample-data` when data.root does not exist (0 = never draw).
-    sample_images: int = Field(0, ge=0)
+    sample_images: StrictInt = Field(0, ge=0)
 
 
 class EncoderConfig(_Section):
@@ -42,12 +50,12 @@ class EncoderConfig(_Section):
     # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
     weights: str = "imagenet"
     # None = the encoder's native input size (299 for inception_v3, 224 for resnet50).
-    image_size: int | None = Field(None, ge=32)
-    batch_size: int = Field(32, ge=1)
+    image_size: StrictInt | None = Field(None, ge=32)
+    batch_size: StrictInt = Field(32, ge=1)
     # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
     cache_dir: Path | None = None
     cache_dtype: Literal["float32", "float16"] = "float32"
-    decode_workers: int = Field(4, ge=1)
+    decode_workers: StrictInt = Field(4, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -66,27 +74,27 @@ class EncoderConfig(_Section):
 
 
 class ModelConfig(_Section):
-    lstm_units: int = Field(256, ge=1)  # seed: 256
+    lstm_units: StrictInt = Field(256, ge=1)  # seed: 256
     # Ignored for spaCy embeddings, whose vectors fix the width (300 for en_core_web_md).
-    embedding_dim: int = Field(256, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
+    embedding_dim: StrictInt = Field(256, ge=1)
+    dropout: StrictFloat = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
     # Fine-tune the embedding matrix (a spaCy matrix stays fixed when false).
     train_embedding: bool = True
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(50, ge=1)  # seed: 50
-    batch_size: int = Field(32, ge=1)  # seed: 32 (captions per batch here)
-    learning_rate: float = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
-    seed: int = 0
+    epochs: StrictInt = Field(50, ge=1)  # seed: 50
+    batch_size: StrictInt = Field(32, ge=1)  # seed: 32 (captions per batch here)
+    learning_rate: StrictFloat = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
+    seed: StrictInt = 0
     # Early stopping: epochs without improvement of `monitor` before training stops.
-    patience: int = Field(5, ge=1)
+    patience: StrictInt = Field(5, ge=1)
     monitor: Literal[
         "val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"
     ] = "val_loss"
     # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images.
-    score_images: int = Field(250, ge=1)
-    max_caption_length: int = Field(40, ge=3)  # tokens, startseq/endseq included
+    score_images: StrictInt = Field(250, ge=1)
+    max_caption_length: StrictInt = Field(40, ge=3)  # tokens, startseq/endseq included
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:
@@ -94,11 +102,13 @@ class TrainConfig(_Section):
 
 
 class DecodeConfig(_Section):
-    beam_width: int = Field(1, ge=1)
-    max_length: int = Field(40, ge=2)
+    beam_width: StrictInt = Field(1, ge=1)
+    max_length: StrictInt = Field(40, ge=2)
 
 
 class ExperimentConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
     name: str = "captioning"
     data: DataConfig = DataConfig()
     encoder: EncoderConfig = EncoderConfig()
@@ -169,7 +179,8 @@ def load_experiment(path: Path | str | None = None, overrides: list[str] | None 
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({error})") from None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

@@ -33,7 +33,7 @@ def greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, max_le
     out: list[list[int]] = [[] for _ in range(count)]
     for _ in range(max_length - 1):  # startseq already counts as one token
         logits, h, c = decoder.step(context, tokens, h, c)
-        logits[:, vocab.pad_id] = -np.inf  # padding is never a word
+        logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf  # never words of a caption
         tokens = logits.argmax(axis=-1).astype("int32")
         for row in np.flatnonzero(~finished):
             if tokens[row] == vocab.end_id:
@@ -69,7 +69,7 @@ def beam_search(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, w
     for _ in range(max_length - 1):
         logits, h, c = decoder.step(context, tokens, h, c)
         logp = _log_softmax(logits.astype("float64"))
-        logp[:, vocab.pad_id] = -np.inf
+        logp[:, [vocab.pad_id, vocab.start_id]] = -np.inf
         # A finished beam can only extend with padding, at no cost.
         logp[finished] = -np.inf
         logp[finished, vocab.pad_id] = 0.0

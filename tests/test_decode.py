@@ -39,7 +39,7 @@ def log_prob(model, vocab: Vocabulary, feature: np.ndarray, words: list[int],
     targets = words + ([vocab.end_id] if ended else [])
     tokens = np.array([[vocab.start_id, *targets]], "int32")
     logits = np.asarray(model.predict_on_batch([feature[None], tokens]))[0].astype("float64")
-    logits[:, vocab.pad_id] = -np.inf
+    logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf
     log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
                             keepdims=True)) - logits.max(-1, keepdims=True)
     return float(sum(log_p[t, target] for t, target in enumerate(targets)))
@@ -54,7 +54,7 @@ def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
         while len(tokens) < 8:
             logits = np.asarray(model.predict_on_batch(
                 [feature[None], np.array([tokens], "int32")]))[0, -1]
-            logits[vocab.pad_id] = -np.inf
+            logits[[vocab.pad_id, vocab.start_id]] = -np.inf
             word = int(logits.argmax())
             if word == vocab.end_id:
                 break
