@@ -11,7 +11,8 @@ import numpy as np
 from captioning.config import ExperimentConfig, read_config
 from captioning.decode import generate
 from captioning.encoders import ENCODERS, build_encoder
-from captioning.images import ImageError, load_image
+from captioning.features import encode_images
+from captioning.images import ImageError
 from captioning.model import StepDecoder, load_keras_model
 from captioning.text import Vocabulary
 
@@ -60,22 +61,12 @@ class Captioner:
 
     def features_of(self, paths: list[Path]) -> tuple[np.ndarray, list[Path], list[ImageError]]:
         """Encoder features of readable images; unreadable ones come back as errors."""
-        spec = ENCODERS[self.config.encoder.name]
-        size = self.config.encoder.image_size or spec.image_size
+        encoder_config = self.config.encoder
         if self._encoder is None:
-            self._encoder = build_encoder(spec.name, self.config.encoder.weights, size)
-        good, arrays, errors = [], [], []
-        for path in paths:
-            try:
-                arrays.append(load_image(path, size))
-                good.append(Path(path))
-            except ImageError as error:
-                errors.append(error)
-        if not arrays:
-            return np.zeros((0, spec.dim), "float32"), good, errors
-        pixels = spec.preprocess()(np.stack(arrays).astype("float32"))
-        features = np.asarray(self._encoder.predict_on_batch(pixels))
-        return features, good, errors
+            size = encoder_config.image_size or ENCODERS[encoder_config.name].image_size
+            self._encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
+        features, kept, errors = encode_images(self._encoder, encoder_config, paths)
+        return features.astype("float32"), [Path(paths[i]) for i in kept], errors
 
     def caption_files(self, paths: list[Path], beam_width: int = 1
                       ) -> list[tuple[Path, str | ImageError]]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -127,37 +128,48 @@ def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: 
             yield [(start + offset, future.result()) for offset, future in enumerate(futures)]
 
 
-def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],
-            progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
-    """Run the encoder over images; returns (features, names kept, skipped name -> reason)."""
+def encode_images(encoder: Any, encoder_config: EncoderConfig, paths: Sequence[Path],
+                  progress: bool = False) -> tuple[np.ndarray, list[int], list[ImageError]]:
+    """Features of every readable image in `paths`, decoded ahead on a thread pool.
+
+    Returns (features (kept, dim), positions in `paths` of the kept rows, errors of the rest).
+    """
     spec = ENCODERS[encoder_config.name]
     size = encoder_config.image_size or spec.image_size
-    encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
     preprocess = spec.preprocess()
-    paths = [image_dir / name for name in names]
     rows: list[np.ndarray] = []
-    kept: list[str] = []
-    skipped: dict[str, str] = {}
+    kept: list[int] = []
+    errors: list[ImageError] = []
     bar = tqdm(total=len(paths), desc=f"features {encoder_config.name}", unit="img",
                disable=not progress)
     for batch in decoded_batches(paths, size, encoder_config.batch_size,
                                  encoder_config.decode_workers):
         good = [(position, array) for position, array in batch if isinstance(array, np.ndarray)]
-        for position, result in batch:
-            if isinstance(result, ImageError):
-                skipped[names[position]] = result.reason
-                log.warning("skipping image %s", result)
+        errors.extend(result for _, result in batch if isinstance(result, ImageError))
         if good:
             pixels = preprocess(np.stack([array for _, array in good]).astype("float32"))
-            # (batch, dim)
-            vectors = np.asarray(encoder.predict_on_batch(pixels))
+            vectors = np.asarray(encoder.predict_on_batch(pixels))  # (batch, dim)
             rows.append(vectors.astype(encoder_config.cache_dtype))
-            kept.extend(names[position] for position, _ in good)
+            kept.extend(position for position, _ in good)
         bar.update(len(batch))
     bar.close()
     dim = int(encoder.output_shape[-1])
     array = np.concatenate(rows) if rows else np.zeros((0, dim), encoder_config.cache_dtype)
-    return array, kept, skipped
+    return array, kept, errors
+
+
+def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],
+            progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """Run the encoder over images; returns (features, names kept, skipped name -> reason)."""
+    size = encoder_config.image_size or ENCODERS[encoder_config.name].image_size
+    encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
+    paths = [image_dir / name for name in names]
+    array, kept, errors = encode_images(encoder, encoder_config, paths, progress)
+    for error in errors:
+        log.warning("skipping image %s", error)
+    name_of = dict(zip(paths, names, strict=True))
+    skipped = {name_of[error.path]: error.reason for error in errors}
+    return array, [names[position] for position in kept], skipped
 
 
 def load_or_extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],

@@ -70,6 +70,7 @@ class _EpochEnd(keras.callbacks.Callback):
         self.score_images = sorted(rng.choice(val, size=count, replace=False).tolist())
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
+        self.decoder: StepDecoder | None = None  # shares the model's layers: built once
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         if self.best is None:
@@ -80,7 +81,8 @@ class _EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         if self.score_images:
-            captions = generate(StepDecoder(self.model), self.prepared.vocab,
+            self.decoder = self.decoder or StepDecoder(self.model)
+            captions = generate(self.decoder, self.prepared.vocab,
                                 self.prepared.features.rows(self.score_images),
                                 max_length=self.config.train.max_caption_length)
             references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
