@@ -26,8 +26,8 @@ N_IMAGES = 12
 
 
 def encoder(cache_dir: Path, image_size: int = SIZE, **kwargs) -> EncoderConfig:
-    return EncoderConfig(name="inception_v3", weights="none", image_size=image_size,
-                         cache_dir=cache_dir, **kwargs)
+    return EncoderConfig(**{"name": "inception_v3", "weights": "none", "image_size": image_size,
+                            "cache_dir": cache_dir, **kwargs})
 
 
 def assert_same_features(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -283,3 +283,23 @@ def test_random_weight_features_group_images_by_first_shape_colour(tmp_path):
     assert observed > shuffled.mean() + 2.5 * shuffled.std()
     assert np.mean(shuffled >= observed) < 0.02
     assert gap(colours, distance) < 0  # and closer in euclidean distance too
+
+
+def test_encoder_weights_can_be_a_local_weights_file(sample, tmp_path):
+    from captioning.encoders import build_encoder
+
+    image_dir, names = sample
+    weights = tmp_path / "encoder.weights.h5"
+    build_encoder("inception_v3", "none", SIZE).save_weights(weights)
+    from_none = load_or_extract(encoder(tmp_path / "a"), image_dir, names, progress=False)
+    from_file = load_or_extract(encoder(tmp_path / "b", weights=str(weights)), image_dir, names,
+                                progress=False)
+    assert from_file.extracted
+    assert_same_features(from_file.array, from_none.array)
+
+
+def test_a_missing_weights_file_is_a_clear_error(tmp_path):
+    from captioning.encoders import weights_argument
+
+    with pytest.raises(ValueError, match="encoder.weights: .*nope.h5 is not 'imagenet', 'none'"):
+        weights_argument(str(tmp_path / "nope.h5"))
