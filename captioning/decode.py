@@ -75,7 +75,10 @@ def beam_search(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, w
         logp[finished, vocab.pad_id] = 0.0
         vocab_size = logp.shape[1]
         candidates = (scores[:, None] + logp).reshape(count, width * vocab_size)
-        best = np.argsort(-candidates, axis=1, kind="stable")[:, :width]  # (images, width)
+        # Only the top `width` of width*V candidates matter: partition, then order those few.
+        top = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
+        order = np.argsort(-np.take_along_axis(candidates, top, axis=1), axis=1, kind="stable")
+        best = np.take_along_axis(top, order, axis=1)  # (images, width)
         parent = (np.arange(count)[:, None] * width + best // vocab_size).ravel()
         tokens = (best % vocab_size).ravel().astype("int32")
         scores = np.take_along_axis(candidates, best, axis=1).ravel()
