@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -36,33 +35,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from common import add_model_size_args, machine_info, print_timing_notes  # noqa: E402
 
 from captioning.config import ModelConfig  # noqa: E402
 from captioning.decode import generate  # noqa: E402
 from captioning.model import StepDecoder, build_model  # noqa: E402
 from captioning.text import END, PAD, START, UNK, Vocabulary  # noqa: E402
-
-
-def machine_info() -> list[str]:
-    lines = [f"python {platform.python_version()}, {platform.platform()}"]
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    lines.append(f"cpu: {cpu}; os.cpu_count()={os.cpu_count()}, usable cores={usable}")
-    versions = (f"keras {keras.__version__} (backend {keras.backend.backend()}), "
-                f"numpy {np.__version__}")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        versions += f", tensorflow {tf.__version__}, GPUs: {len(gpus)}"
-    lines.append(versions)
-    return lines
 
 
 def pre_padded(prefixes: list[list[int]], length: int) -> np.ndarray:
@@ -116,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="images decoded by ours and by the batched seed row (default 500)")
     parser.add_argument("--seed-images", type=int, default=20,
                         help="images decoded by the seed's per-word predict loop (default 20)")
-    parser.add_argument("--vocab", type=int, default=2000, help="vocabulary size (default 2000)")
-    parser.add_argument("--feature-dim", type=int, default=2048)
-    parser.add_argument("--units", type=int, default=256, help="LSTM units (seed: 256)")
-    parser.add_argument("--embedding-dim", type=int, default=256)
+    add_model_size_args(parser)
     parser.add_argument("--max-length", type=int, default=20,
                         help="decoded tokens incl. startseq: max_length-1 words (default 20)")
     parser.add_argument("--prefix-length", type=int, default=34,
@@ -230,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         words = sum(len(t.split()) for t in text)
         print(f"{label:<30} {images:>7} {words:>7} {secs:>8.2f} {images / secs:>11.2f} "
               f"{words / secs:>9.0f} {images / secs / seed_rate:>7.1f}x")
-    if args.repeats > 1:
-        print(f"seconds: best of {args.repeats} interleaved runs; all: "
-              + "; ".join(" ".join(f"{t:.2f}" for t in ts) for ts in times))
-    print("load average (1, 5, 15 min) before timing: "
-          + ", ".join(f"{x:.2f}" for x in load_before)
-          + "; after: " + ", ".join(f"{x:.2f}" for x in load_after))
+    print_timing_notes(times, "runs", load_before, load_after)
     seed_text = texts[0]
     batched_text = None if args.no_seed_batched else texts[1]
     ours_text = texts[1 if args.no_seed_batched else 2]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from common import add_model_size_args, machine_info, print_timing_notes  # noqa: E402
 
 from captioning.batches import CaptionBatches  # noqa: E402
 from captioning.config import ModelConfig, TrainConfig  # noqa: E402
@@ -103,28 +103,6 @@ class SeedSamples(keras.utils.PyDataset):
         return {"image": self.features[self.rows[self.caption[lo:hi]]], "tokens": tokens}, onehot
 
 
-def machine_info() -> list[str]:
-    lines = [f"python {platform.python_version()}, {platform.platform()}"]
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    lines.append(f"cpu: {cpu}; os.cpu_count()={os.cpu_count()}, usable cores={usable}")
-    versions = (f"keras {keras.__version__} (backend {keras.backend.backend()}), "
-                f"numpy {np.__version__}")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        versions += f", tensorflow {tf.__version__}, GPUs: {len(gpus)}"
-    lines.append(versions)
-    return lines
-
-
 def timed_fit(model: keras.Model, data: keras.utils.PyDataset) -> float:
     start = time.perf_counter()
     model.fit(data, epochs=1, verbose=0, shuffle=False)
@@ -136,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captions", type=int, default=2000,
                         help="captions trained by each side, one epoch (default 2000)")
     parser.add_argument("--captions-per-image", type=int, default=5)
-    parser.add_argument("--vocab", type=int, default=2000, help="vocabulary size (default 2000)")
-    parser.add_argument("--feature-dim", type=int, default=2048)
-    parser.add_argument("--units", type=int, default=256, help="LSTM units (seed: 256)")
-    parser.add_argument("--embedding-dim", type=int, default=256)
+    add_model_size_args(parser)
     parser.add_argument("--batch-size", type=int, default=32,
                         help="captions per batch for ours; samples per batch for the seed")
     parser.add_argument("--seed-batch-images", type=int, default=32,
@@ -243,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.captions / secs:>11.1f} {targets / secs:>9.0f}")
     print(f"(tokens/s counts the {targets} real target words; LSTM steps = timesteps run per "
           f"epoch, padding included: samples x prefix length, or captions x bucket width)")
-    if args.repeats > 1:
-        print(f"seconds: best of {args.repeats} interleaved epochs; all: "
-              + "; ".join(" ".join(f"{t:.2f}" for t in ts) for ts in times))
-    print("load average (1, 5, 15 min) before timing: "
-          + ", ".join(f"{x:.2f}" for x in load_before)
-          + "; after: " + ", ".join(f"{x:.2f}" for x in load_after))
+    print_timing_notes(times, "epochs", load_before, load_after)
     # Pair each seed row with the ours row of the same batching (seed rows come first).
     pairs = len(seed_runs)
     for (seed_label, *_), (ours_label, *_), seed_secs, ours_secs in zip(
