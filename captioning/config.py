@@ -106,6 +106,35 @@ class DecodeConfig(_Section):
     max_length: StrictInt = Field(40, ge=2)
 
 
+class ResourcesConfig(_Section):
+    cpu: float = Field(1.0, gt=0)
+    # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
+    # growth is switched on in every trial so they can.
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepConfig(_Section):
+    search_space: Path = Path("search_spaces/default.yaml")
+    num_samples: StrictInt = Field(8, ge=1)
+    max_concurrent_trials: StrictInt = Field(2, ge=1)
+    metric: Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"] = (
+        "val_bleu4")
+    # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
+    # up to train.epochs.
+    grace_period: StrictInt = Field(2, ge=1)
+    reduction_factor: StrictInt = Field(2, ge=2)
+    max_failures: StrictInt = Field(2, ge=0)
+    resources: ResourcesConfig = ResourcesConfig()
+    # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
+    tracking_uri: str | None = None
+    # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.
+    storage_path: str | None = None
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric == "val_loss" else "max"
+
+
 class ExperimentConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -117,6 +146,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     decode: DecodeConfig = DecodeConfig()
+    sweep: SweepConfig = SweepConfig()
     output_dir: Path = Path("runs")
 
     @field_validator("embedding")

@@ -41,6 +41,7 @@ class AddImageContext(layers.Layer):
         return None
 
 
+@keras.saving.register_keras_serializable(package="captioning")
 def masked_loss(y_true: Any, y_pred: Any) -> Any:
     """Mean sparse cross-entropy over the real (non-padding, id != 0) target tokens."""
     mask = ops.cast(ops.not_equal(y_true, 0), "float32")

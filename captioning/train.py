@@ -5,6 +5,8 @@ BLEU-1..4, CIDEr-D and ROUGE-L of greedy captions for a bounded sample of valida
 The best epoch (by train.monitor) is kept as a model directory:
 
     model.keras   the Keras model (loaded in safe mode)
+    last.keras    the latest epoch with its optimizer state, to resume from
+    samples.json  greedy captions of validation images beside their references (best epoch)
     vocab.json    the vocabulary
     config.json   the resolved experiment config
     metrics.json  the best epoch's metrics; history.json every epoch's
@@ -30,7 +32,7 @@ from captioning.decode import generate
 from captioning.embeddings import spacy_embedding_matrix
 from captioning.model import StepDecoder, build_model, compile_model
 from captioning.prepare import Prepared, prepare
-from captioning.scores import caption_scores
+from captioning.scores import caption_scores, strip_markers
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +95,23 @@ class _EpochEnd(keras.callbacks.Callback):
         self.history.append(metrics)
         if self._improved(metrics):
             self.best = metrics
-            tmp = self.model_dir / "model.tmp.keras"
-            self.model.save(tmp)
-            os.replace(tmp, self.model_dir / "model.keras")  # never a half-written best model
+            _save_model(self.model, self.model_dir / "model.keras")
             _write_json(self.model_dir / "metrics.json", metrics)
+            if self.score_images:
+                _write_json(self.model_dir / "samples.json", [
+                    {"image": name, "prediction": caption,
+                     "references": [strip_markers(r) for r in references[name]]}
+                    for name, caption in zip(self.score_images, captions, strict=True)][:50])
+        _save_model(self.model, self.model_dir / "last.keras")
         _write_json(self.model_dir / "history.json", self.history)
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics, self.model_dir)
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)  # never a half-written model
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -114,11 +126,13 @@ def default_model_dir(config: ExperimentConfig) -> Path:
 
 def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
                     on_epoch: EpochCallback | None = None, prepared: Prepared | None = None,
-                    verbose: int | None = None) -> TrainResult:
+                    verbose: int | None = None, resume: bool = False) -> TrainResult:
     """Train the merge model described by `config` and keep its best epoch in `model_dir`.
 
-    `on_epoch(epoch, metrics, model_dir)` is called after every epoch, once the checkpoint of
-    a new best epoch is on disk. `prepared` lets a caller reuse data and features.
+    `on_epoch(epoch, metrics, model_dir)` is called after every epoch, once that epoch's
+    files are on disk. `prepared` lets a caller reuse data and features. With `resume`, a
+    `model_dir` holding last.keras and history.json continues after its last epoch, with the
+    optimizer state it had (early stopping's patience starts afresh).
     """
     prepared = prepared or prepare(config)
     model_dir = Path(model_dir or default_model_dir(config))
@@ -135,12 +149,18 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     mean = features[train_images].mean(axis=0)
     var = features[train_images].var(axis=0)
 
-    matrix = None
-    if config.embedding.startswith("spacy:"):
-        matrix = spacy_embedding_matrix(config.embedding.removeprefix("spacy:"), prepared.vocab,
-                                        seed=config.train.seed).matrix
-    model = build_model(config.model, len(prepared.vocab), mean, var, matrix)
-    compile_model(model, config.train)
+    done: list[dict[str, float]] = []
+    if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():
+        model = keras.saving.load_model(model_dir / "last.keras", safe_mode=True)
+        done = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
+        log.info("resuming %s after epoch %d", model_dir, len(done))
+    else:
+        matrix = None
+        if config.embedding.startswith("spacy:"):
+            matrix = spacy_embedding_matrix(config.embedding.removeprefix("spacy:"),
+                                            prepared.vocab, seed=config.train.seed).matrix
+        model = build_model(config.model, len(prepared.vocab), mean, var, matrix)
+        compile_model(model, config.train)
 
     batch = config.train.batch_size
     train_batches = CaptionBatches(features, train_rows, train_seqs, batch, shuffle=True,
@@ -148,13 +168,18 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     val_batches = (CaptionBatches(features, val_rows, val_seqs, batch, shuffle=False)
                    if val_seqs else None)
     epoch_end = _EpochEnd(config, prepared, model_dir, on_epoch)
+    if done:
+        epoch_end.history = list(done)
+        best_file = model_dir / "metrics.json"
+        epoch_end.best = json.loads(best_file.read_text()) if best_file.is_file() else None
     stopper = keras.callbacks.EarlyStopping(monitor=config.train.monitor,
                                             mode=config.train.monitor_mode,
                                             patience=config.train.patience)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
-              callbacks=[epoch_end, stopper], verbose=verbose)
+    if len(done) < config.train.epochs:
+        model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
+                  initial_epoch=len(done), callbacks=[epoch_end, stopper], verbose=verbose)
     assert epoch_end.best is not None
     return TrainResult(model_dir, epoch_end.best, epoch_end.history,
                        stopped_early=stopper.stopped_epoch > 0)

@@ -50,6 +50,28 @@ def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, 
     assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 3
 
 
+def test_a_resumed_training_continues_after_its_last_epoch(sample_root, tmp_path):
+    import keras
+
+    def optimizer_steps() -> int:
+        last = keras.saving.load_model(tmp_path / "m" / "last.keras", safe_mode=True)
+        return int(last.optimizer.iterations)
+
+    first = train_captioner(quick_config(sample_root, epochs=2), model_dir=tmp_path / "m",
+                            verbose=0)
+    steps_after_two = optimizer_steps()
+    seen = []
+    resumed = train_captioner(quick_config(sample_root, epochs=4), model_dir=tmp_path / "m",
+                              verbose=0, resume=True,
+                              on_epoch=lambda epoch, metrics, path: seen.append(epoch))
+    assert seen == [3, 4]
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[:2] == first.history
+    assert optimizer_steps() == 2 * steps_after_two  # Adam's state went on, not from zero
+    samples = json.loads((tmp_path / "m" / "samples.json").read_text())
+    assert samples and {"image", "prediction", "references"} <= set(samples[0])
+
+
 def test_training_stops_early_when_validation_stops_improving(sample_root, tmp_path):
     # A learning rate this large overshoots, so val_loss soon stops going down.
     config = quick_config(sample_root, epochs=40, patience=1, learning_rate=0.5)

@@ -1,0 +1,141 @@
+"""Search spaces: what a sweep varies, read from `search_spaces/*.yaml` and validated up front.
+
+A space maps experiment keys (the dotted keys of `--set`) to one distribution each:
+
+    train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+    model.lstm_units:    {int: [128, 512], step: 64}
+    model.dropout:       {uniform: [0.1, 0.6]}
+    encoder.name:        {choice: [inception_v3, resnet50]}
+    model.train_embedding:                       # conditional (Optuna's define-by-run form)
+      choice: [true, false]
+      when: {embedding: "spacy:en_core_web_md"}
+
+Every key and every value a key can take is checked against the experiment config before Ray
+starts, so an unknown encoder or a bound the wrong way round is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from captioning.config import ConfigError, ExperimentConfig, apply_overrides, parse_config
+
+
+class Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")  # bounds included
+    step: int | None = None
+    when: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> Param:
+        kinds = [k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, int")
+        bounds = self.uniform or self.loguniform or self.integer
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"low bound {bounds[0]} is not below high bound {bounds[1]}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        if self.step is not None and self.integer is None:
+            raise ValueError("step goes with int")
+        return self
+
+    def edge_values(self) -> list[Any]:
+        """Values that must all be valid config values (every choice, or both bounds)."""
+        if self.choice is not None:
+            return list(self.choice)
+        return list(self.uniform or self.loguniform or self.integer)
+
+
+class SearchSpace:
+    """A validated space: `suggest(trial)` draws one configuration from an Optuna trial."""
+
+    def __init__(self, params: dict[str, Param], source: str):
+        self.params = params
+        self.source = source
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run: sample each key in order, skipping unmet `when` conditions."""
+        drawn: dict[str, Any] = {}
+        for key, param in self.params.items():
+            if param.when and any(drawn.get(k, _MISSING) != v for k, v in param.when.items()):
+                continue
+            if param.choice is not None:
+                drawn[key] = trial.suggest_categorical(key, param.choice)
+            elif param.integer is not None:
+                drawn[key] = trial.suggest_int(key, *param.integer, step=param.step or 1)
+            elif param.loguniform is not None:
+                drawn[key] = trial.suggest_float(key, *param.loguniform, log=True)
+            else:
+                drawn[key] = trial.suggest_float(key, *param.uniform)
+        return drawn
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: p.model_dump(exclude_none=True, by_alias=True) for k, p in self.params.items()}
+
+    def encoders(self, base: ExperimentConfig) -> list[str]:
+        """Every encoder a trial may use: features for each are extracted once per sweep."""
+        param = self.params.get("encoder.name")
+        return list(param.choice) if param is not None else [base.encoder.name]
+
+
+_MISSING = object()
+
+
+def apply(base: dict[str, Any], drawn: dict[str, Any], source: str = "trial"
+          ) -> ExperimentConfig:
+    """The experiment config of one trial: the base experiment with the drawn values set."""
+    data = apply_overrides(base, [])
+    for key, value in drawn.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_config(data, source=source)
+
+
+def load_search_space(path: Path | str, base: ExperimentConfig) -> SearchSpace:
+    """Read and validate a space against `base`; raises a one-line ConfigError naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such search space file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})".splitlines()[0]) from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected a mapping of experiment keys to distributions")
+    params: dict[str, Param] = {}
+    base_dict = base.to_dict()
+    for key, spec in raw.items():
+        where = f"{path}: {key}"
+        try:
+            params[key] = Param.model_validate(spec)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{where}{'.' + field if field else ''}: {message}") from None
+        for value in params[key].edge_values():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: {value} is not a finite number")
+            try:
+                apply(base_dict, {key: value}, source=str(path))
+            except ConfigError as error:
+                # parse_config names the key; keep the message to one line about this space.
+                raise ConfigError(f"{error} (value {value!r} of the search space)") from None
+        for other in (params[key].when or {}):
+            if other not in params:
+                raise ConfigError(f"{where}: 'when' names {other}, which is not drawn before it")
+    return SearchSpace(params, str(path))
