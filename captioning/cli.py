@@ -49,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, default=None,
                           help="JSON file for every image's prediction and references")
 
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, "
+                                "every trial tracked in MLflow")
+    sweep.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
+                       help="experiment YAML (default: %(default)s)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override an experiment key")
+    sweep.add_argument("--search-space", type=Path, default=None,
+                       help="search space YAML (default: the experiment's sweep.search_space)")
+    sweep.add_argument("--num-samples", type=int, default=None, help="number of trials")
+    sweep.add_argument("--address", default=None,
+                       help="join a Ray cluster (e.g. auto, or ray://head:10001)")
+    sweep.add_argument("--storage", default=None,
+                       help="sweep storage path: shared file system or s3:// / gs:// URI")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep from its storage path")
+    sweep.add_argument("--smoke-test", action="store_true",
+                       help="3 short trials on small inputs: checks every path quickly")
+
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", type=Path, nargs="+")
     caption.add_argument("--model", type=Path, required=True, help="model directory")
@@ -124,6 +142,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from captioning.sweep import run_sweep
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples: expected at least 1, got {args.num_samples}")
+    config = load_experiment(args.experiment, args.overrides)
+    result = run_sweep(config, experiment_path=args.experiment, search_space=args.search_space,
+                       num_samples=args.num_samples, address=args.address, storage=args.storage,
+                       resume=args.resume, smoke_test=args.smoke_test)
+    print(f"\nsweep finished: {result.trials} trials ({result.errors} failed), "
+          f"stored in {result.sweep_dir}")
+    if result.best is None:
+        print("no trial reported a score")
+        return 1
+    best = result.best
+    print(f"best trial {best['trial_id']} (epoch {best['epoch']}, MLflow run {best['run_id']}):")
+    _print_table({k: v for k, v in best["config"].items()})
+    _print_table(best["metrics"])
+    print(f"best model: {best['checkpoint']}")
+    uri = result.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        print(f"browse the runs: open {uri}")
+    else:
+        print(f"browse the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
+              "--port 5000, then open http://127.0.0.1:5000")
+    return 0
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from captioning.captioner import Captioner
 
@@ -139,7 +185,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "caption": cmd_caption}
+            "evaluate": cmd_evaluate, "caption": cmd_caption, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from captioning.captioner import ModelDirError
     from captioning.datasets import DatasetError
+    from captioning.tracking import TrackingError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelDirError) as error:
+    except (ConfigError, DatasetError, ModelDirError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -80,6 +80,10 @@ class SearchSpace:
                 drawn[key] = trial.suggest_float(key, *param.uniform)
         return drawn
 
+    def define_by_run(self, trial: Any) -> None:
+        """The form Ray's OptunaSearch takes: draw through `trial`, return no constants."""
+        self.suggest(trial)
+
     def to_dict(self) -> dict[str, Any]:
         return {k: p.model_dump(exclude_none=True, by_alias=True) for k, p in self.params.items()}
 

@@ -1,0 +1,286 @@
+"""Sweeps: Ray Tune runs `train_captioner` per trial, Optuna's TPE picks the next trial, ASHA
+stops poor ones early, and every trial is a nested MLflow run. Every Ray call lives here.
+
+    captioning sweep [--experiment F] [--search-space F] [--num-samples N]
+                     [--address ADDR] [--storage PATH] [--resume] [--smoke-test]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from captioning import search_space as spaces
+from captioning.config import ExperimentConfig
+from captioning.datasets import load_dataset
+from captioning.prepare import ensure_data
+from captioning.tracking import (
+    SweepTracker,
+    check_reachable,
+    flatten,
+    resolve_tracking_uri,
+    search_plot,
+    temp_dir,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "captioning_sweep.json"  # beside Ray's own state: the parent run, the settings
+
+# Smoke mode: every path of a sweep, in about a minute on a CPU.
+SMOKE_OVERRIDES = {"train": {"epochs": 3, "score_images": 10, "patience": 3},
+                   "encoder": {"image_size": 75}, "sweep": {"num_samples": 3, "grace_period": 1}}
+
+
+def trial_name(drawn: dict[str, Any]) -> str:
+    """A name a person can tell trials apart by in the MLflow UI."""
+    parts = []
+    if "encoder.name" in drawn:
+        parts.append(str(drawn["encoder.name"]))
+    if "model.lstm_units" in drawn:
+        parts.append(f"w{drawn['model.lstm_units']}")
+    if "train.learning_rate" in drawn:
+        parts.append(f"lr{drawn['train.learning_rate']:.1e}")
+    if "train.batch_size" in drawn:
+        parts.append(f"b{drawn['train.batch_size']}")
+    if "embedding" in drawn:
+        parts.append(str(drawn["embedding"]).replace("spacy:", "spacy-"))
+    return " ".join(parts) or "trial"
+
+
+def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
+    """The Ray Tune trainable: one trial = `train_captioner` on the base experiment + `drawn`.
+
+    Reports once per epoch with the trial's model directory as checkpoint, and continues from
+    that checkpoint when Ray restarts the trial (after a failure or on --resume).
+    """
+    from captioning.gpu import enable_memory_growth, release
+    from captioning.train import train_captioner
+
+    enable_memory_growth()
+    config = spaces.apply(base, drawn, source=f"trial {tune.get_context().get_trial_id()}")
+    model_dir = Path(tune.get_context().get_trial_dir()) / "model"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        checkpoint.to_directory(str(model_dir))
+
+    def report(epoch: int, metrics: dict[str, float], path: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
+
+    try:
+        train_captioner(config, model_dir=model_dir, on_epoch=report,
+                        resume=checkpoint is not None, verbose=0)
+    finally:
+        release()
+
+
+class MlflowTrials(tune.Callback):
+    """Mirrors Ray's trial lifecycle into MLflow runs nested under the sweep's parent run."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any]):
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self.base = base
+        self.max_epochs = int(base["train"]["epochs"])
+        self._tracker: SweepTracker | None = None
+        self.runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray saves callbacks with the sweep's state; the MLflow client is re-made on restore.
+        return {**self.__dict__, "_tracker": None, "runs": {}}
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = SweepTracker(self.uri, self.experiment, self.parent_run_id)
+        return self._tracker
+
+    def _run(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs:
+            config = spaces.apply(self.base, trial.config).to_dict()
+            self.runs[trial.trial_id] = self.tracker.trial_run(
+                trial.trial_id, trial_name(trial.config), flatten(config))
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self.tracker.log_epoch(self._run(trial), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run(trial)
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            self.tracker.finish_trial(run_id, None, epochs_run=epochs, max_epochs=self.max_epochs)
+            return
+        with checkpoint.as_directory() as folder:
+            self.tracker.finish_trial(run_id, Path(folder), epochs_run=epochs,
+                                      max_epochs=self.max_epochs)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            error = Path(trial.error_file).read_text(encoding="utf-8", errors="replace")
+        self.tracker.fail_trial(self._run(trial), error or "trial failed")
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: str
+    tracking_uri: str
+    parent_run_id: str
+    best: dict[str, Any] | None  # trial_id, run_id, config, metrics
+    trials: int
+    errors: int
+
+
+def _smoke(config: ExperimentConfig) -> ExperimentConfig:
+    data = config.to_dict()
+    for section, values in SMOKE_OVERRIDES.items():
+        data[section].update(values)
+    data["train"]["epochs"] = min(data["train"]["epochs"], SMOKE_OVERRIDES["train"]["epochs"])
+    return ExperimentConfig.model_validate(data)
+
+
+def _storage(config: ExperimentConfig, storage: str | None) -> str:
+    path = storage or config.sweep.storage_path or "ray_results"
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    except RuntimeError:  # no trial reported the metric
+        return None
+    frame = best.metrics_dataframe
+    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+    metrics = {k: float(row[k]) for k in row.index
+               if k.startswith(("val_", "loss", "accuracy")) and row[k] == row[k]}
+    trial_id = best.metrics["trial_id"]
+    return {"trial_id": trial_id, "run_id": runs.get(trial_id, ""), "config": best.config,
+            "epoch": int(row["epoch"]), "metrics": metrics,
+            "checkpoint": best.checkpoint.path if best.checkpoint else None}
+
+
+def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
+              search_space: Path | None = None, num_samples: int | None = None,
+              address: str | None = None, storage: str | None = None, resume: bool = False,
+              smoke_test: bool = False, trainable: Callable | None = None,
+              say: Callable[[str], None] = print) -> SweepResult:
+    """Run (or with `resume`, continue) the sweep described by `config.sweep`.
+
+    Validates the search space and reaches the tracking server before Ray starts anything.
+    `trainable` replaces `train_trial` (tests use it to inject faults).
+    """
+    if smoke_test:
+        config = _smoke(config)
+    if num_samples is not None:
+        config = config.model_copy(update={"sweep": config.sweep.model_copy(
+            update={"num_samples": num_samples})})
+    space_path = Path(search_space or config.sweep.search_space)
+    space = spaces.load_search_space(space_path, config)
+    uri = resolve_tracking_uri(config.sweep.tracking_uri)
+    check_reachable(uri)
+
+    storage_path = _storage(config, storage)
+    sweep_dir = f"{storage_path}/{config.name}"
+    # Each trial keeps its best epoch by the metric the sweep ranks trials by.
+    config = config.model_copy(update={"train": config.train.model_copy(
+        update={"monitor": config.sweep.metric})})
+    if config.encoder.cache_dir is None and "://" not in storage_path:
+        # One feature cache per sweep storage: shared by every trial, on every node.
+        config = config.model_copy(update={"encoder": config.encoder.model_copy(
+            update={"cache_dir": Path(storage_path) / "feature_cache"})})
+    ensure_data(config, say)
+    base = config.to_dict()
+    state_file = Path(sweep_dir) / STATE_FILE
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    tracker = SweepTracker(uri, config.name)
+    if resume:
+        if not state_file.is_file() or not tune.Tuner.can_restore(sweep_dir):
+            raise FileNotFoundError(f"--resume: no sweep to resume in {sweep_dir}")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        tracker.parent_run_id = state["parent_run_id"]
+        tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
+        say(f"resuming sweep {sweep_dir} (MLflow parent run {tracker.parent_run_id})")
+    else:
+        dataset = load_dataset(config.data.root, config.data.format,
+                               split_seed=config.data.split_seed,
+                               keep_one_letter_words=config.data.keep_one_letter_words)
+        params = {
+            "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
+            "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
+            "max_concurrent_trials": config.sweep.max_concurrent_trials,
+            "sampler": f"optuna TPESampler(seed={config.train.seed})",
+            "scheduler": (f"ASHA(max_t={config.train.epochs}, grace_period="
+                          f"{config.sweep.grace_period}, reduction_factor="
+                          f"{config.sweep.reduction_factor})"),
+            "metric": config.sweep.metric, "mode": config.sweep.mode,
+            "resources": config.sweep.resources.model_dump(), "storage": sweep_dir,
+            **{f"dataset.{k}": v for k, v in dataset.summary().items()},
+            **{f"base.{k}": v for k, v in flatten(base).items()},
+        }
+        files = {"search_space": space_path}
+        if experiment_path is not None:
+            files["experiment"] = Path(experiment_path)
+        tracker.start_parent(config.name, params, files)
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"parent_run_id": tracker.parent_run_id,
+                                          "tracking_uri": uri}), encoding="utf-8")
+
+    callback = MlflowTrials(uri, config.name, tracker.parent_run_id, base)
+    function = tune.with_resources(
+        tune.with_parameters(trainable or train_trial, base=base),
+        config.sweep.resources.model_dump())
+    if resume:
+        tuner = tune.Tuner.restore(sweep_dir, function, resume_errored=True)
+    else:
+        from optuna.samplers import TPESampler
+
+        searcher = OptunaSearch(space=space.define_by_run, metric=config.sweep.metric,
+                                mode=config.sweep.mode,
+                                sampler=TPESampler(seed=config.train.seed))
+        scheduler = ASHAScheduler(max_t=config.train.epochs,
+                                  grace_period=config.sweep.grace_period,
+                                  reduction_factor=config.sweep.reduction_factor,
+                                  time_attr="training_iteration")
+        tuner = tune.Tuner(
+            function,
+            tune_config=tune.TuneConfig(
+                metric=config.sweep.metric, mode=config.sweep.mode, search_alg=searcher,
+                scheduler=scheduler, num_samples=config.sweep.num_samples,
+                max_concurrent_trials=config.sweep.max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=config.name, storage_path=storage_path, callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+
+    runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
+            for run in tracker.child_runs()}
+    best = _best(results, config.sweep.metric, config.sweep.mode, runs)
+    rows = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is not None and config.sweep.metric in frame:
+            value = (frame[config.sweep.metric].max() if config.sweep.mode == "max"
+                     else frame[config.sweep.metric].min())
+            rows.append({"params": dict(result.config), "value": float(value)})
+    plot = search_plot(rows, config.sweep.metric, temp_dir() / "search.png")
+    tracker.finish_parent(best, plot)
+    return SweepResult(sweep_dir, uri, tracker.parent_run_id, best, len(results),
+                       results.num_errors)

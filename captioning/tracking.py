@@ -1,0 +1,205 @@
+"""Every MLflow call of the project: the sweep's parent run and one nested child run per trial.
+
+MLflow moves between versions (stages became aliases, the file store is deprecated); keeping
+its calls here means an upgrade touches one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRIAL_TAG = "captioning.trial_id"
+SWEEP_TAG = "captioning.sweep"
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
+                 "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message says which and how to fix it."""
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@contextmanager
+def _fail_fast():
+    """MLflow retries HTTP calls for minutes by default; a start-up probe should not."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_reachable(uri: str) -> None:
+    """Raise TrackingError now, before any trial runs, if `uri` cannot be used."""
+    try:
+        with _fail_fast():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # MLflow raises several types for a dead server
+        reason = str(error).splitlines()[0][:200]
+        raise TrackingError(
+            f"MLflow tracking server {uri} cannot be reached ({type(error).__name__}: "
+            f"{reason}); start it (mlflow server --host 127.0.0.1 --port 5000) or set "
+            f"sweep.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]  # MLflow's limit on a parameter value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"lstm_units": 8}} -> {"model.lstm_units": 8}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class SweepTracker:
+    """The MLflow side of one sweep: a parent run, and a child run per Ray trial under it."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None):
+        self.client = MlflowClient(uri)
+        self.uri = uri
+        self.experiment_id = _experiment_id(self.client, experiment)
+        self.parent_run_id = parent_run_id
+
+    def start_parent(self, name: str, params: Mapping[str, Any],
+                     files: Mapping[str, Path]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={SWEEP_TAG: name})
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        for folder, path in files.items():
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path=folder)
+        return self.parent_run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        for key, value in params.items():
+            self.client.log_param(run_id, key, _param_value(value))
+
+    def trial_run(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
+        """The child run of a trial: found again on resume, so every trial shows once."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                           f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"),
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+        step = int(metrics["epoch"])
+        for name in EPOCH_METRICS:
+            if name in metrics:
+                self.client.log_metric(run_id, name, float(metrics[name]), step=step)
+
+    def finish_trial(self, run_id: str, checkpoint_dir: Path | None, *, epochs_run: int,
+                     max_epochs: int) -> None:
+        """Log the best checkpoint and sample captions, mark early stops, end the run."""
+        early = epochs_run < max_epochs
+        self.client.set_tag(run_id, "early_stopped", str(early).lower())
+        self.client.set_tag(run_id, "epochs_run", str(epochs_run))
+        if checkpoint_dir is not None:
+            for name in ("model.keras", "vocab.json", "config.json", "metrics.json"):
+                if (checkpoint_dir / name).is_file():
+                    self.client.log_artifact(run_id, str(checkpoint_dir / name), "best_model")
+            samples = checkpoint_dir / "samples.json"
+            if samples.is_file():
+                rows = json.loads(samples.read_text(encoding="utf-8"))
+                self.client.log_table(run_id, data={
+                    "image": [r["image"] for r in rows],
+                    "prediction": [r["prediction"] for r in rows],
+                    "references": [" | ".join(r["references"]) for r in rows],
+                }, artifact_file="val_samples.json")
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail_trial(self, run_id: str, error: str) -> None:
+        self.client.set_tag(run_id, "error", error[:5000])
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+
+    def finish_parent(self, best: Mapping[str, Any] | None, plot: Path | None,
+                      status: str = "FINISHED") -> None:
+        if best is not None:
+            self.client.set_tag(self.parent_run_id, "best_trial_id", best["trial_id"])
+            self.client.set_tag(self.parent_run_id, "best_run_id", best.get("run_id", ""))
+            self.client.log_text(self.parent_run_id, json.dumps(best, indent=2, default=str),
+                                 "best_trial.json")
+            for name, value in best["metrics"].items():
+                self.client.log_metric(self.parent_run_id, f"best_{name}", float(value))
+        if plot is not None:
+            self.client.log_artifact(self.parent_run_id, str(plot), "search")
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    def child_runs(self) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=10000)
+
+
+def search_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    """A scatter of the metric against every searched parameter, one panel each, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in rows for k in r["params"]})
+    if not rows or not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        points = [(r["params"][key], r["value"]) for r in rows if key in r["params"]]
+        xs = [str(x) if isinstance(x, str | bool) else x for x, _ in points]
+        ax.scatter(xs, [y for _, y in points], alpha=0.7)
+        ax.set_xlabel(key)
+        if key == "train.learning_rate":
+            ax.set_xscale("log")
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{metric} of every trial against each searched parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def temp_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="captioning-sweep-"))
