@@ -1,0 +1,160 @@
+"""Sweeps against a real `mlflow server` (SQLite, 127.0.0.1) and a real local Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from captioning.config import load_experiment
+from captioning.sweep import run_sweep, train_trial
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+SMOKE_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def experiment(sample_root: Path, tmp_path: Path, mlflow_url: str, name: str, *extra: str):
+    return load_experiment(REPO / "experiments" / "quickstart.yaml", [
+        f"name={name}", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_url}",
+        f"sweep.storage_path={tmp_path / 'ray_results'}", *extra])
+
+
+def children(url: str, parent_run_id: str) -> list:
+    client = MlflowClient(url)
+    run = client.get_run(parent_run_id)
+    return client.search_runs([run.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(sample_root, tmp_path_factory, mlflow_server, local_ray):
+    tmp = tmp_path_factory.mktemp("smoke")
+    config = experiment(sample_root, tmp, mlflow_server, "smoke")
+    result = run_sweep(config, experiment_path=REPO / "experiments" / "quickstart.yaml",
+                       smoke_test=True, num_samples=4, say=lambda _: None)
+    return result, tmp
+
+
+def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep, mlflow_server):
+    result, _ = smoke_sweep
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["num_samples"] == "4"
+    assert "ASHA" in parent.data.params["scheduler"]
+    assert "TPESampler" in parent.data.params["sampler"]
+    assert int(parent.data.params["dataset.images"]) == 300
+    assert parent.data.tags["best_trial_id"] == result.best["trial_id"]
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_trial.json", "search", "search_space", "experiment"} <= parent_files
+
+    runs = children(mlflow_server, result.parent_run_id)
+    assert len(runs) == result.trials == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["encoder.name"] in run.info.run_name
+        assert {"model.lstm_units", "train.learning_rate", "data.root"} <= set(run.data.params)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_bleu4")]
+        assert steps == list(range(1, len(steps) + 1))
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "val_cider",
+                       "val_rouge_l", "val_bleu1"):
+            assert metric in run.data.metrics
+        best_files = {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
+        assert "best_model/model.keras" in best_files
+        assert "val_samples.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert run.data.tags["early_stopped"] == str(
+            int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()
+
+
+def test_asha_stops_trials_early(smoke_sweep, mlflow_server):
+    result, _ = smoke_sweep
+    epochs = [int(run.data.tags["epochs_run"])
+              for run in children(mlflow_server, result.parent_run_id)]
+    assert sum(epochs) < len(epochs) * SMOKE_EPOCHS
+    assert any(run.data.tags["early_stopped"] == "true"
+               for run in children(mlflow_server, result.parent_run_id))
+
+
+def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
+                                                                     mlflow_server):
+    result, tmp = smoke_sweep
+    encoders = {run.data.params["encoder.name"]
+                for run in children(mlflow_server, result.parent_run_id)}
+    cached = sorted((tmp / "ray_results" / "feature_cache" / "features").glob("*.npy"))
+    assert sorted(path.name.rsplit("-", 1)[0] for path in cached) == sorted(encoders)
+    logs = "".join(path.read_text(errors="replace")
+                   for path in (tmp / "ray_results" / "smoke").rglob("*.log"))
+    for encoder in encoders:
+        assert logs.count(f"extracting {encoder} features") <= 1
+
+
+def test_a_trial_that_raises_on_its_first_attempt_is_retried(sample_root, tmp_path,
+                                                             mlflow_server, local_ray):
+    marks = tmp_path / "attempts"
+    marks.mkdir()
+
+    def flaky(drawn, base):
+        from ray import tune
+
+        mark = marks / tune.get_context().get_trial_id()
+        if not mark.exists():
+            mark.touch()
+            raise RuntimeError("injected failure on the first attempt")
+        train_trial(drawn, base)
+
+    config = experiment(sample_root, tmp_path, mlflow_server, "flaky")
+    result = run_sweep(config, smoke_test=True, num_samples=2, trainable=flaky,
+                       say=lambda _: None)
+    assert result.errors == 0 and result.trials == 2
+    assert len(list(marks.iterdir())) == 2
+    runs = children(mlflow_server, result.parent_run_id)
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "captioning.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_bad_search_space_fails_fast_with_one_line_naming_it(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.learning_rate:\n  loguniform: [0.1, 0.001]\n")
+    result = run_cli("sweep", "--experiment", str(REPO / "experiments" / "quickstart.yaml"),
+                     "--search-space", str(space), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {space}: train.learning_rate: low bound 0.1 is not below high bound 0.001")
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_an_unknown_encoder_in_the_space_is_refused(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("encoder.name:\n  choice: [resnet50, vgg99]\n")
+    result = run_cli("sweep", "--search-space", str(space),
+                     "--experiment", str(REPO / "experiments" / "quickstart.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "encoder.name: unknown encoder 'vgg99'" in result.stderr
+
+
+def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("sweep", "--set", f"sweep.tracking_uri={dead}",
+                     "--storage", str(tmp_path / "ray_results"), cwd=REPO)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MLflow tracking server {dead} cannot be reached")
+    assert not (tmp_path / "ray_results").exists()
