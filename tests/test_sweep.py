@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import REPO, free_port
 from mlflow import MlflowClient
 
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep, train_trial
-from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 SMOKE_EPOCHS = 3
@@ -158,3 +158,47 @@ def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: MLflow tracking server {dead} cannot be reached")
     assert not (tmp_path / "ray_results").exists()
+
+
+def test_a_killed_sweep_resumes_with_every_trial_exactly_once(sample_root, tmp_path,
+                                                             mlflow_server):
+    import signal
+    import time
+
+    storage = tmp_path / "ray_results"
+    args = ["sweep", "--smoke-test", "--num-samples", "3", "--storage", str(storage),
+            "--set", f"data.root={sample_root}", "--set", f"sweep.tracking_uri={mlflow_server}",
+            "--set", "name=resumed", "--set", "sweep.max_concurrent_trials=1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "captioning.cli", *args], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    client = MlflowClient(mlflow_server)
+    deadline = time.time() + 300
+    finished = []
+    while not finished and time.time() < deadline and first.poll() is None:
+        time.sleep(2)
+        experiment = client.get_experiment_by_name("resumed")
+        if experiment is not None:
+            finished = client.search_runs([experiment.experiment_id],
+                                          filter_string="attributes.status = 'FINISHED' and "
+                                                        "tags.`captioning.trial_id` != ''")
+    assert finished, "no trial finished before the deadline"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-sweep
+    first.wait()
+
+    resumed = run_cli(*args, "--resume", cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sweep finished: 3 trials (0 failed)" in resumed.stdout
+    experiment = client.get_experiment_by_name("resumed")
+    parents = client.search_runs([experiment.experiment_id],
+                                 filter_string="tags.`captioning.sweep` = 'resumed'")
+    assert len(parents) == 1
+    runs = children(mlflow_server, parents[0].info.run_id)
+    trial_ids = [run.data.tags["captioning.trial_id"] for run in runs]
+    assert len(trial_ids) == 3 == len(set(trial_ids))
+    assert all(run.info.status == "FINISHED" for run in runs)
+    done_first = finished[0].info.run_id
+    history = client.get_metric_history(done_first, "val_loss")
+    steps = [m.step for m in history]
+    assert steps == sorted(set(steps)), "a finished trial was trained again"
