@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_MODEL ?= runs/quickstart
 
-.PHONY: install demo test lint benchmark clean
+.PHONY: install demo train-demo test lint benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Draws the sample data (if absent), trains the quickstart experiment, scores it, captions.
+# The quickstart sweep: draws the sample data (if absent), starts a local Ray, logs every
+# trial to the local MLflow store (mlflow.db), prints the best trial and how to open the UI.
 demo: install
+	$(BIN)/captioning sweep --experiment experiments/quickstart.yaml
+
+# One training run of the quickstart experiment, scored and used to caption three images.
+train-demo: install
 	$(BIN)/captioning train --experiment experiments/quickstart.yaml --output $(DEMO_MODEL)
 	$(BIN)/captioning evaluate --model $(DEMO_MODEL) --beam 3 --output $(DEMO_MODEL)/test-predictions.json
 	$(BIN)/captioning caption --model $(DEMO_MODEL) $$(ls data/sample/Images/*.jpg | head -n 3)
@@ -31,4 +36,4 @@ benchmark: install
 	$(BIN)/python benchmarks/decode_throughput.py
 
 clean:
-	rm -rf $(VENV) runs data/sample .pytest_cache
+	rm -rf $(VENV) runs data/sample ray_results mlflow.db mlartifacts .pytest_cache

@@ -67,6 +67,8 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     from captioning.gpu import enable_memory_growth, release
     from captioning.train import train_captioner
 
+    # Worker processes start with logging unset: show our INFO lines (extraction, resume).
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     enable_memory_growth()
     config = spaces.apply(base, drawn, source=f"trial {tune.get_context().get_trial_id()}")
     model_dir = Path(tune.get_context().get_trial_dir()) / "model"
@@ -144,6 +146,8 @@ class SweepResult:
     best: dict[str, Any] | None  # trial_id, run_id, config, metrics
     trials: int
     errors: int
+    # Per trial: trial_id, config, epochs run, start and end (seconds since the epoch).
+    timeline: list[dict[str, Any]]
 
 
 def _smoke(config: ExperimentConfig) -> ExperimentConfig:
@@ -266,6 +270,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 max_concurrent_trials=config.sweep.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=storage_path, callbacks=[callback],
+                log_to_file=True,  # each trial's output beside its results
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
@@ -273,9 +278,15 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
             for run in tracker.child_runs()}
     best = _best(results, config.sweep.metric, config.sweep.mode, runs)
-    rows = []
+    rows, timeline = [], []
     for result in results:
         frame = result.metrics_dataframe
+        if frame is not None and len(frame):
+            last = frame.iloc[-1]
+            timeline.append({"trial_id": last["trial_id"], "config": dict(result.config),
+                             "epochs": int(last["training_iteration"]),
+                             "start": float(last["timestamp"] - last["time_total_s"]),
+                             "end": float(last["timestamp"])})
         if frame is not None and config.sweep.metric in frame:
             value = (frame[config.sweep.metric].max() if config.sweep.mode == "max"
                      else frame[config.sweep.metric].min())
@@ -283,4 +294,4 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     plot = search_plot(rows, config.sweep.metric, temp_dir() / "search.png")
     tracker.finish_parent(best, plot)
     return SweepResult(sweep_dir, uri, tracker.parent_run_id, best, len(results),
-                       results.num_errors)
+                       results.num_errors, timeline)

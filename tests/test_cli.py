@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from captioning.datasets import load_dataset
 from captioning.scores import caption_scores
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, small_overrides
 
 from captioning.config import load_experiment, parse_config
 from captioning.datasets import load_dataset
 from captioning.model import load_keras_model
 from captioning.prepare import prepare
 from captioning.train import train_captioner
+from conftest import REPO, small_overrides
 
 EPOCH_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
               "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l"}
