@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.config import ExperimentConfig, read_config
+from captioning.config import ConfigError, ExperimentConfig, read_config
 from captioning.decode import generate
 from captioning.encoders import ENCODERS, build_encoder
+from captioning.errors import ModelDirError
 from captioning.features import encode_images
 from captioning.images import ImageError
 from captioning.model import StepDecoder, load_keras_model
@@ -19,10 +20,6 @@ from captioning.text import Vocabulary
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.keras", "vocab.json", "config.json")
-
-
-class ModelDirError(ValueError):
-    """A path that is not a usable captioning model directory."""
 
 
 @dataclass
@@ -43,8 +40,11 @@ class Captioner:
         if missing:
             raise ModelDirError(f"{model_dir}: not a captioning model directory "
                                 f"(missing {', '.join(missing)})")
-        config = read_config(model_dir / "config.json")
-        vocab = Vocabulary.load(model_dir / "vocab.json")
+        try:
+            config = read_config(model_dir / "config.json")
+            vocab = Vocabulary.load(model_dir / "vocab.json")
+        except (ConfigError, ValueError) as error:
+            raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
         try:
             model = load_keras_model(model_dir / "model.keras")
         except Exception as error:  # Keras raises many types for foreign or broken files
@@ -55,8 +55,10 @@ class Captioner:
                                 f"but vocab.json has {len(vocab)}")
         return cls(model_dir, config, vocab, StepDecoder(model))
 
-    def caption_features(self, features: np.ndarray, beam_width: int = 1) -> list[str]:
-        return generate(self.decoder, self.vocab, features, beam_width=beam_width,
+    def caption_features(self, features: np.ndarray, beam_width: int | None = None
+                         ) -> list[str]:
+        return generate(self.decoder, self.vocab, features,
+                        beam_width=beam_width or self.config.decode.beam_width,
                         max_length=self.config.decode.max_length)
 
     def features_of(self, paths: list[Path]) -> tuple[np.ndarray, list[Path], list[ImageError]]:
@@ -68,7 +70,7 @@ class Captioner:
         features, kept, errors = encode_images(self._encoder, encoder_config, paths)
         return features.astype("float32"), [Path(paths[i]) for i in kept], errors
 
-    def caption_files(self, paths: list[Path], beam_width: int = 1
+    def caption_files(self, paths: list[Path], beam_width: int | None = None
                       ) -> list[tuple[Path, str | ImageError]]:
         """(path, caption or the error that stopped it) for every path, in order."""
         features, good, errors = self.features_of(paths)

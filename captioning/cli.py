@@ -20,6 +20,13 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a key, e.g. model.lstm_units=128")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captioning", description="Image captioning: data, training, evaluation.")
@@ -43,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a model on a split")
     evaluate.add_argument("--model", type=Path, required=True, help="model directory")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
-    evaluate.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    evaluate.add_argument("--beam", type=_positive, default=None,
+                          help="beam width (1 = greedy; default: the model's decode.beam_width)")
     evaluate.add_argument("--data-root", type=Path, default=None,
                           help="dataset folder, if not the one the model was trained on")
     evaluate.add_argument("--output", type=Path, default=None,
@@ -70,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", type=Path, nargs="+")
     caption.add_argument("--model", type=Path, required=True, help="model directory")
-    caption.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    caption.add_argument("--beam", type=_positive, default=None,
+                         help="beam width (1 = greedy; default: the model's decode.beam_width)")
     return parser
 
 
@@ -135,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioning.evaluate import evaluate_model
 
     report = evaluate_model(args.model, args.split, args.beam, args.data_root, args.output)
-    print(f"{report['split']} split, {report['images_scored']} images, beam {args.beam}:")
+    print(f"{report['split']} split, {report['images_scored']} images, "
+          f"beam {report['beam_width']}:")
     _print_table(report["scores"])
     if args.output:
         print(f"predictions and references written to {args.output}")
@@ -191,9 +201,8 @@ COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from captioning.captioner import ModelDirError
     from captioning.datasets import DatasetError
-    from captioning.tracking import TrackingError
+    from captioning.errors import ModelDirError, TrackingError
 
     try:
         return COMMANDS[args.command](args)

@@ -20,6 +20,7 @@ from pydantic import (
     StrictInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
@@ -66,6 +67,23 @@ class EncoderConfig(_Section):
             raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
         return name
 
+    @field_validator("weights")
+    @classmethod
+    def _usable_weights(cls, weights: str) -> str:
+        if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
+            raise ValueError(f"{weights} is not 'imagenet', 'none' or an existing weights file")
+        return weights
+
+    @model_validator(mode="after")
+    def _large_enough(self) -> EncoderConfig:
+        from captioning.encoders import ENCODERS
+
+        smallest = ENCODERS[self.name].min_size
+        if self.image_size is not None and self.image_size < smallest:
+            raise ValueError(f"image_size {self.image_size} is below {self.name}'s smallest "
+                             f"input, {smallest}")
+        return self
+
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
@@ -102,8 +120,9 @@ class TrainConfig(_Section):
 
 
 class DecodeConfig(_Section):
-    beam_width: StrictInt = Field(1, ge=1)
-    max_length: StrictInt = Field(40, ge=2)
+    beam_width: StrictInt = Field(1, ge=1)  # the default of evaluate and caption's --beam
+    # Tokens of a generated caption, startseq and endseq included (as train.max_caption_length).
+    max_length: StrictInt = Field(40, ge=3)
 
 
 class ResourcesConfig(_Section):

@@ -28,7 +28,8 @@ from captioning.text import END, START, clean_caption
 
 logger = logging.getLogger("captioning.datasets")
 
-FORMATS = ("kaggle", "token", "karpathy")
+# Auto-detection order: a Karpathy JSON carries the official split, so it wins when present.
+FORMATS = ("karpathy", "token", "kaggle")
 SPLITS = ("train", "val", "test")
 
 IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "flickr30k-images")

@@ -22,7 +22,8 @@ def greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, max_le
            ) -> list[list[int]]:
     """Most likely word at each step, for every row of `features` (images, dim) at once.
 
-    Returns token ids per image, without startseq, ending before endseq (or at max_length).
+    Returns token ids per image, without startseq, ending before endseq; at most
+    max_length - 2 words, since max_length counts startseq and endseq as training does.
     """
     count = len(features)
     context = decoder.context(features)  # (images, units)
@@ -31,7 +32,7 @@ def greedy(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, max_le
     tokens = np.full(count, vocab.start_id, "int32")
     finished = np.zeros(count, bool)
     out: list[list[int]] = [[] for _ in range(count)]
-    for _ in range(max_length - 1):  # startseq already counts as one token
+    for _ in range(max_length - 2):  # max_length counts startseq and endseq
         logits, h, c = decoder.step(context, tokens, h, c)
         logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf  # never words of a caption
         tokens = logits.argmax(axis=-1).astype("int32")
@@ -66,7 +67,7 @@ def beam_search(decoder: StepDecoder, vocab: Vocabulary, features: np.ndarray, w
     scores = np.tile(np.r_[0.0, np.full(width - 1, -np.inf)], count)
     finished = np.zeros(rows, bool)
     sequences = np.zeros((rows, 0), "int32")
-    for _ in range(max_length - 1):
+    for _ in range(max_length - 2):  # max_length counts startseq and endseq
         logits, h, c = decoder.step(context, tokens, h, c)
         logp = _log_softmax(logits.astype("float64"))
         logp[:, [vocab.pad_id, vocab.start_id]] = -np.inf

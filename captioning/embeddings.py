@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from captioning.config import ConfigError
 from captioning.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -19,24 +21,36 @@ class EmbeddingMatrix:
     missing: tuple[str, ...]
 
 
-def spacy_embedding_matrix(model: str, vocab: Vocabulary, seed: int = 0) -> EmbeddingMatrix:
-    """Rows from `spacy.load(model)` vectors (a package name or a pipeline directory).
+def load_vectors(model: str) -> Any:
+    """`spacy.load(model)` (a package name or a pipeline directory) that has word vectors.
 
-    Words without a vector get random rows of the vectors' own scale, so they start neither
-    at zero nor at a size the LSTM has never seen.
+    Raises ConfigError naming the embedding, so a bad model stops a run before any work.
     """
     import spacy
 
     try:
         nlp = spacy.load(model)
     except OSError as error:
-        raise ValueError(
+        reason = str(error).splitlines()[0]
+        raise ConfigError(
             f"embedding: spaCy model {model!r} cannot be loaded; install it with "
-            f"`python -m spacy download {model}` or give a pipeline directory ({error})"
+            f"`python -m spacy download {model}` or give a pipeline directory ({reason})"
         ) from None
     vectors = nlp.vocab.vectors
     if vectors.shape[0] == 0 or vectors.shape[1] == 0:
-        raise ValueError(f"embedding: spaCy model {model!r} has no word vectors")
+        raise ConfigError(f"embedding: spaCy model {model!r} has no word vectors")
+    return nlp
+
+
+def spacy_embedding_matrix(model: str | Any, vocab: Vocabulary, seed: int = 0
+                           ) -> EmbeddingMatrix:
+    """Rows from a spaCy pipeline's vectors (`model`: a name, a directory, or a loaded nlp).
+
+    Words without a vector get random rows of the vectors' own scale, so they start neither
+    at zero nor at a size the LSTM has never seen.
+    """
+    nlp = load_vectors(model) if isinstance(model, str) else model
+    vectors = nlp.vocab.vectors
     width = int(vectors.shape[1])
     table = np.asarray(vectors.data, dtype="float32")
     scale = float(table.std()) or 1.0

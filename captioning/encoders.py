@@ -19,6 +19,7 @@ class EncoderSpec:
     module: str  # keras.applications submodule holding preprocess_input
     image_size: int  # native input size
     dim: int  # length of the pooled feature vector
+    min_size: int = 32  # smallest input keras.applications accepts
 
     def preprocess(self) -> Callable[[Any], Any]:
         import keras
@@ -29,7 +30,7 @@ class EncoderSpec:
 ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
-        EncoderSpec("inception_v3", "InceptionV3", "inception_v3", 299, 2048),
+        EncoderSpec("inception_v3", "InceptionV3", "inception_v3", 299, 2048, min_size=75),
         EncoderSpec("resnet50", "ResNet50", "resnet50", 224, 2048),
         EncoderSpec("efficientnet_v2_b0", "EfficientNetV2B0", "efficientnet_v2", 224, 1280),
         EncoderSpec("efficientnet_v2_s", "EfficientNetV2S", "efficientnet_v2", 384, 1280),

@@ -10,7 +10,7 @@ from captioning.prepare import prepare
 from captioning.scores import caption_scores, strip_markers
 
 
-def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int = 1,
+def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int | None = None,
                    data_root: Path | None = None, output: Path | None = None,
                    progress: bool = True) -> dict:
     """Caption every image of `split` with the model and score against all its references.
@@ -21,6 +21,7 @@ def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int =
     """
     captioner = Captioner.load(model_dir)
     config = captioner.config
+    beam_width = beam_width or config.decode.beam_width
     if data_root is not None:
         config = config.model_copy(update={"data": config.data.model_copy(
             update={"root": Path(data_root)})})

@@ -31,7 +31,8 @@ def ensure_data(config: ExperimentConfig, say: Callable[[str], None] = log.info)
     """data.root, first drawn as sample data when it is absent and data.sample_images > 0."""
     root = Path(config.data.root)
     if not root.exists() and config.data.sample_images > 0:
-        say(f"drawing {config.data.sample_images} sample images into {root}")
+        say(f"data.root {root} does not exist: drawing {config.data.sample_images} sample "
+            f"images into it (set data.sample_images: 0 to require real data)")
         draw_sample_dataset(root, images=config.data.sample_images, seed=config.data.split_seed)
     return root
 
@@ -48,7 +49,7 @@ def prepare(config: ExperimentConfig, *, progress: bool = True,
     features = load_or_extract(config.encoder, dataset.image_dir, dataset.images(), progress)
     if features.skipped:
         dataset = dataset.without(
-            {name: f"unreadable image: {why}" for name, why in features.skipped.items()})
+            {name: f"image not used: {why}" for name, why in features.skipped.items()})
     train_captions = (c for name in dataset.splits["train"] for c in dataset.captions[name])
     vocab = Vocabulary.build(train_captions, min_count=config.data.min_word_count)
     return Prepared(dataset, features, vocab)

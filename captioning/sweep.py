@@ -211,6 +211,9 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     base = config.to_dict()
     state_file = Path(sweep_dir) / STATE_FILE
 
+    # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
+    # "snapshotting may become a bottleneck" warning would drown the progress table.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     tracker = SweepTracker(uri, config.name)

@@ -17,15 +17,13 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from captioning.errors import TrackingError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_TAG = "captioning.trial_id"
 SWEEP_TAG = "captioning.sweep"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
                  "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l")
-
-
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used; the message says which and how to fix it."""
 
 
 def resolve_tracking_uri(configured: str | None) -> str:

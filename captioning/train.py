@@ -29,7 +29,7 @@ import numpy as np
 from captioning.batches import CaptionBatches, encode_captions
 from captioning.config import ExperimentConfig, save_config
 from captioning.decode import generate
-from captioning.embeddings import spacy_embedding_matrix
+from captioning.embeddings import load_vectors, spacy_embedding_matrix
 from captioning.model import StepDecoder, build_model, compile_model
 from captioning.prepare import Prepared, prepare
 from captioning.scores import caption_scores, strip_markers
@@ -86,7 +86,7 @@ class _EpochEnd(keras.callbacks.Callback):
             self.decoder = self.decoder or StepDecoder(self.model)
             captions = generate(self.decoder, self.prepared.vocab,
                                 self.prepared.features.rows(self.score_images),
-                                max_length=self.config.train.max_caption_length)
+                                max_length=self.config.decode.max_length)
             references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
             scores = caption_scores(references, dict(zip(self.score_images, captions,
                                                          strict=True)))
@@ -134,6 +134,9 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     `model_dir` holding last.keras and history.json continues after its last epoch, with the
     optimizer state it had (early stopping's patience starts afresh).
     """
+    # A spaCy model that cannot load must stop the run before features are extracted.
+    vectors = (load_vectors(config.embedding.removeprefix("spacy:"))
+               if config.embedding.startswith("spacy:") else None)
     prepared = prepared or prepare(config)
     model_dir = Path(model_dir or default_model_dir(config))
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -156,9 +159,10 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
         log.info("resuming %s after epoch %d", model_dir, len(done))
     else:
         matrix = None
-        if config.embedding.startswith("spacy:"):
-            matrix = spacy_embedding_matrix(config.embedding.removeprefix("spacy:"),
-                                            prepared.vocab, seed=config.train.seed).matrix
+        if vectors is not None:
+            log.info("embedding %s", config.embedding)
+            matrix = spacy_embedding_matrix(vectors, prepared.vocab,
+                                            seed=config.train.seed).matrix
         model = build_model(config.model, len(prepared.vocab), mean, var, matrix)
         compile_model(model, config.train)
 

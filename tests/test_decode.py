@@ -51,7 +51,7 @@ def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
     batched = greedy(StepDecoder(model), vocab, features, max_length=8)
     for row, feature in enumerate(features):
         tokens = [vocab.start_id]
-        while len(tokens) < 8:
+        while len(tokens) < 7:  # startseq + max_length - 2 words
             logits = np.asarray(model.predict_on_batch(
                 [feature[None], np.array([tokens], "int32")]))[0, -1]
             logits[[vocab.pad_id, vocab.start_id]] = -np.inf
@@ -65,17 +65,17 @@ def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
 def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everything(vocab):
     model = make_model(vocab, seed=2)
     features = np.random.default_rng(1).normal(size=(3, DIM)).astype("float32")
-    max_length = 4  # startseq + up to 3 generated tokens
+    max_length = 5  # startseq + up to 3 words + endseq
     words = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.start_id)]
     found = beam_search(StepDecoder(model), vocab, features, width=len(words) ** 3,
                         max_length=max_length)
     for row, feature in enumerate(features):
         best, best_score = None, -np.inf
-        for n in range(max_length):
+        for n in range(max_length - 1):
             for sequence in itertools.product(words, repeat=n):
                 if vocab.end_id in sequence:
                     continue
-                ended = n < max_length - 1  # shorter captions must end with endseq
+                ended = n < max_length - 2  # shorter captions must end with endseq
                 score = log_prob(model, vocab, feature, list(sequence), ended)
                 if score > best_score:
                     best, best_score = list(sequence), score
@@ -106,7 +106,7 @@ def test_decoding_stops_at_max_length_when_no_caption_ever_ends(vocab, width):
     model.get_layer("logits").set_weights(weights)
     features = np.random.default_rng(4).normal(size=(3, DIM)).astype("float32")
     result = beam_search(StepDecoder(model), vocab, features, width, max_length=7)
-    assert [len(words) for words in result] == [6, 6, 6]
+    assert [len(words) for words in result] == [5, 5, 5]  # max_length minus start and end
 
 
 def test_generated_text_has_no_start_or_end_marker(vocab):

@@ -1,0 +1,12 @@
+"""Errors a person can act on, raised across modules; the CLI prints them as one line.
+
+Kept in a module with no heavy imports, so the CLI can catch them without loading TensorFlow.
+"""
+
+
+class ModelDirError(ValueError):
+    """A path that is not a usable captioning model directory."""
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message says which and how to fix it."""
