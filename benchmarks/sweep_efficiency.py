@@ -61,13 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     result = run_sweep(config, say=lambda _: None)
     finished = time.time()
 
-    logs = "".join(p.read_text(errors="replace")
-                   for p in Path(result.sweep_dir).rglob("std*") if p.is_file())
-    used = Counter(t["config"].get("encoder.name", config.encoder.name) for t in result.timeline)
+    used: Counter[str] = Counter()
+    extractions: Counter[str] = Counter()
+    for trial in result.timeline:
+        encoder = trial["config"].get("encoder.name", config.encoder.name)
+        used[encoder] += 1
+        extractions[encoder] += trial["features_extracted"]
     print()
     print(f"{'encoder':<16} {'trials':>6} {'feature extractions':>20}")
     for encoder, trials in sorted(used.items()):
-        print(f"{encoder:<16} {trials:>6} {logs.count(f'extracting {encoder} features'):>20}")
+        print(f"{encoder:<16} {trials:>6} {extractions[encoder]:>20}")
 
     epochs = sum(t["epochs"] for t in result.timeline)
     budget = len(result.timeline) * args.epochs

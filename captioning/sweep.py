@@ -65,6 +65,7 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     that checkpoint when Ray restarts the trial (after a failure or on --resume).
     """
     from captioning.gpu import enable_memory_growth, release
+    from captioning.prepare import prepare
     from captioning.train import train_captioner
 
     # Worker processes start with logging unset: show our INFO lines (extraction, resume).
@@ -76,11 +77,18 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     if checkpoint is not None:
         checkpoint.to_directory(str(model_dir))
 
+    prepared = prepare(config, progress=False)
+    # 1 in the first report of the trial that ran the encoder, else 0: summed over a sweep,
+    # it counts feature extractions (the goal: one per encoder).
+    extracted = [int(prepared.features.extracted)]
+
     def report(epoch: int, metrics: dict[str, float], path: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
+        flag = extracted.pop() if extracted else 0
+        tune.report({**metrics, "features_extracted": flag},
+                    checkpoint=tune.Checkpoint.from_directory(str(path)))
 
     try:
-        train_captioner(config, model_dir=model_dir, on_epoch=report,
+        train_captioner(config, model_dir=model_dir, on_epoch=report, prepared=prepared,
                         resume=checkpoint is not None, verbose=0)
     finally:
         release()
@@ -146,7 +154,8 @@ class SweepResult:
     best: dict[str, Any] | None  # trial_id, run_id, config, metrics
     trials: int
     errors: int
-    # Per trial: trial_id, config, epochs run, start and end (seconds since the epoch).
+    # Per trial: trial_id, config, epochs run, features_extracted (0 or 1), start and end
+    # (seconds since the epoch).
     timeline: list[dict[str, Any]]
 
 
@@ -169,6 +178,8 @@ def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[st
     except RuntimeError:  # no trial reported the metric
         return None
     frame = best.metrics_dataframe
+    if frame is None or metric not in frame or frame[metric].isna().all():
+        return None
     row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
     metrics = {k: float(row[k]) for k in row.index
                if k.startswith(("val_", "loss", "accuracy")) and row[k] == row[k]}
@@ -273,7 +284,6 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 max_concurrent_trials=config.sweep.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=storage_path, callbacks=[callback],
-                log_to_file=True,  # each trial's output beside its results
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
@@ -286,8 +296,11 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         frame = result.metrics_dataframe
         if frame is not None and len(frame):
             last = frame.iloc[-1]
+            extracted = frame.get("features_extracted")
             timeline.append({"trial_id": last["trial_id"], "config": dict(result.config),
                              "epochs": int(last["training_iteration"]),
+                             "features_extracted": int(extracted.sum())
+                             if extracted is not None else 0,
                              "start": float(last["timestamp"] - last["time_total_s"]),
                              "end": float(last["timestamp"])})
         if frame is not None and config.sweep.metric in frame:

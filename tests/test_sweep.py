@@ -95,10 +95,11 @@ def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep
                 for run in children(mlflow_server, result.parent_run_id)}
     cached = sorted((tmp / "ray_results" / "feature_cache" / "features").glob("*.npy"))
     assert sorted(path.name.rsplit("-", 1)[0] for path in cached) == sorted(encoders)
-    logs = "".join(path.read_text(errors="replace")
-                   for path in (tmp / "ray_results" / "smoke").rglob("std*"))
-    for encoder in encoders:
-        assert logs.count(f"extracting {encoder} features") == 1
+    extractions = {encoder: 0 for encoder in encoders}
+    for trial in result.timeline:
+        extractions[trial["config"]["encoder.name"]] += trial["features_extracted"]
+    assert extractions == {encoder: 1 for encoder in encoders}
+    assert len(result.timeline) > len(encoders)  # some trials reused another's features
 
 
 def test_a_trial_that_raises_on_its_first_attempt_is_retried(sample_root, tmp_path,
@@ -122,6 +123,20 @@ def test_a_trial_that_raises_on_its_first_attempt_is_retried(sample_root, tmp_pa
     assert len(list(marks.iterdir())) == 2
     runs = children(mlflow_server, result.parent_run_id)
     assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_a_trial_that_keeps_failing_is_marked_failed_with_its_error(sample_root, tmp_path,
+                                                                   mlflow_server, local_ray):
+    def broken(drawn, base):
+        raise RuntimeError("injected failure every time")
+
+    config = experiment(sample_root, tmp_path, mlflow_server, "broken", "sweep.max_failures=1")
+    result = run_sweep(config, smoke_test=True, num_samples=1, trainable=broken,
+                       say=lambda _: None)
+    assert result.errors == 1 and result.best is None
+    [run] = children(mlflow_server, result.parent_run_id)
+    assert run.info.status == "FAILED"
+    assert "injected failure every time" in run.data.tags["error"]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
