@@ -7,7 +7,7 @@ then prints, against the goals of the sweep issue:
   epochs run with ASHA / trials x max      goal: at most half
   share of wall time with a trial running  goal: at least 80% after start-up
 
-    .venv/bin/python benchmarks/sweep_efficiency.py                # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/sweep_efficiency.py                # ~2 min on 2 CPU cores
     .venv/bin/python benchmarks/sweep_efficiency.py --num-samples 12 --epochs 12
 """
 
@@ -41,7 +41,8 @@ def covered(intervals: list[tuple[float, float]]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=9, help="ASHA's maximum (train.epochs)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="ASHA's maximum (default: the quickstart's train.epochs)")
     parser.add_argument("--images", type=int, default=400, help="sample-data images")
     args = parser.parse_args(argv)
 
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_experiment(REPO / "experiments" / "quickstart.yaml", [
         "name=efficiency", f"data.root={work / 'data'}", f"data.sample_images={args.images}",
         f"sweep.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        f"sweep.storage_path={work / 'ray_results'}", f"train.epochs={args.epochs}",
-        f"sweep.num_samples={args.num_samples}", "train.score_images=50"])
+        f"sweep.storage_path={work / 'ray_results'}", f"sweep.num_samples={args.num_samples}",
+        "train.score_images=50", *([f"train.epochs={args.epochs}"] if args.epochs else [])])
+    args.epochs = config.train.epochs
     print("== sweep efficiency ==")
     for line in machine_info():
         print(line)

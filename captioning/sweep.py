@@ -7,7 +7,6 @@ stops poor ones early, and every trial is a nested MLflow run. Every Ray call li
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from captioning import search_space as spaces
-from captioning.config import ExperimentConfig
+from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
 from captioning.prepare import ensure_data
 from captioning.tracking import (
@@ -34,8 +33,6 @@ from captioning.tracking import (
 )
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "captioning_sweep.json"  # beside Ray's own state: the parent run, the settings
 
 # Smoke mode: every path of a sweep, in about a minute on a CPU.
 SMOKE_OVERRIDES = {"train": {"epochs": 3, "score_images": 10, "patience": 3},
@@ -220,7 +217,6 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             update={"cache_dir": Path(storage_path) / "feature_cache"})})
     ensure_data(config, say)
     base = config.to_dict()
-    state_file = Path(sweep_dir) / STATE_FILE
 
     # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
     # "snapshotting may become a bottleneck" warning would drown the progress table.
@@ -229,11 +225,12 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     tracker = SweepTracker(uri, config.name)
     if resume:
-        if not state_file.is_file() or not tune.Tuner.can_restore(sweep_dir):
-            raise FileNotFoundError(f"--resume: no sweep to resume in {sweep_dir}")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        tracker.parent_run_id = state["parent_run_id"]
-        tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
+        # The sweep's own state is Ray's, in its storage (any file system or bucket); the
+        # MLflow parent run is found again by the storage path it was tagged with.
+        if not tune.Tuner.can_restore(sweep_dir):
+            raise ConfigError(f"--resume: no sweep to resume in {sweep_dir}")
+        if tracker.find_parent(sweep_dir) is None:
+            raise ConfigError(f"--resume: {uri} has no parent run for the sweep in {sweep_dir}")
         say(f"resuming sweep {sweep_dir} (MLflow parent run {tracker.parent_run_id})")
     else:
         dataset = load_dataset(config.data.root, config.data.format,
@@ -255,10 +252,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         files = {"search_space": space_path}
         if experiment_path is not None:
             files["experiment"] = Path(experiment_path)
-        tracker.start_parent(config.name, params, files)
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"parent_run_id": tracker.parent_run_id,
-                                          "tracking_uri": uri}), encoding="utf-8")
+        tracker.start_parent(config.name, sweep_dir, params, files)
 
     callback = MlflowTrials(uri, config.name, tracker.parent_run_id, base)
     function = tune.with_resources(

@@ -22,6 +22,7 @@ from captioning.errors import TrackingError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_TAG = "captioning.trial_id"
 SWEEP_TAG = "captioning.sweep"
+SWEEP_DIR_TAG = "captioning.sweep_dir"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
                  "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l")
 
@@ -91,14 +92,25 @@ class SweepTracker:
         self.experiment_id = _experiment_id(self.client, experiment)
         self.parent_run_id = parent_run_id
 
-    def start_parent(self, name: str, params: Mapping[str, Any],
+    def start_parent(self, name: str, sweep_dir: str, params: Mapping[str, Any],
                      files: Mapping[str, Path]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={SWEEP_TAG: name})
+                                     tags={SWEEP_TAG: name, SWEEP_DIR_TAG: sweep_dir})
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
         for folder, path in files.items():
             self.client.log_artifact(self.parent_run_id, str(path), artifact_path=folder)
+        return self.parent_run_id
+
+    def find_parent(self, sweep_dir: str) -> str | None:
+        """The parent run of the sweep stored at `sweep_dir` (the newest, if several)."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{SWEEP_DIR_TAG}` = '{sweep_dir}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            return None
+        self.parent_run_id = found[0].info.run_id
+        self.client.update_run(self.parent_run_id, status="RUNNING")
         return self.parent_run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
