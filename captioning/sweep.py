@@ -216,6 +216,9 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         config = config.model_copy(update={"encoder": config.encoder.model_copy(
             update={"cache_dir": Path(storage_path) / "feature_cache"})})
     ensure_data(config, say)
+    # Trials run in their own working folders (and on other nodes): paths must not be relative.
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"root": Path(config.data.root).resolve()})})
     base = config.to_dict()
 
     # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
@@ -254,11 +257,11 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             files["experiment"] = Path(experiment_path)
         tracker.start_parent(config.name, sweep_dir, params, files)
 
-    callback = MlflowTrials(uri, config.name, tracker.parent_run_id, base)
     function = tune.with_resources(
         tune.with_parameters(trainable or train_trial, base=base),
         config.sweep.resources.model_dump())
     if resume:
+        # Ray restores the searcher, the scheduler and the MLflow callback with the sweep.
         tuner = tune.Tuner.restore(sweep_dir, function, resume_errored=True)
     else:
         from optuna.samplers import TPESampler
@@ -277,7 +280,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 scheduler=scheduler, num_samples=config.sweep.num_samples,
                 max_concurrent_trials=config.sweep.max_concurrent_trials),
             run_config=tune.RunConfig(
-                name=config.name, storage_path=storage_path, callbacks=[callback],
+                name=config.name, storage_path=storage_path,
+                callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base)],
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
