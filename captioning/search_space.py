@@ -87,11 +87,6 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {k: p.model_dump(exclude_none=True, by_alias=True) for k, p in self.params.items()}
 
-    def encoders(self, base: ExperimentConfig) -> list[str]:
-        """Every encoder a trial may use: features for each are extracted once per sweep."""
-        param = self.params.get("encoder.name")
-        return list(param.choice) if param is not None else [base.encoder.name]
-
 
 _MISSING = object()
 

@@ -88,7 +88,6 @@ class SweepTracker:
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None):
         self.client = MlflowClient(uri)
-        self.uri = uri
         self.experiment_id = _experiment_id(self.client, experiment)
         self.parent_run_id = parent_run_id
 
