@@ -160,7 +160,6 @@ def _smoke(config: ExperimentConfig) -> ExperimentConfig:
     data = config.to_dict()
     for section, values in SMOKE_OVERRIDES.items():
         data[section].update(values)
-    data["train"]["epochs"] = min(data["train"]["epochs"], SMOKE_OVERRIDES["train"]["epochs"])
     return ExperimentConfig.model_validate(data)
 
 
