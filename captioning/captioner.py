@@ -1,25 +1,39 @@
-"""A trained model directory, loaded for captioning features or image files."""
+"""A trained model directory, loaded for captioning features, image files or image bytes."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from captioning.config import ConfigError, ExperimentConfig, read_config
+from captioning.config import ConfigError, ExperimentConfig, parse_config
 from captioning.decode import generate
 from captioning.encoders import ENCODERS, build_encoder
 from captioning.errors import ModelDirError
 from captioning.features import encode_images
-from captioning.images import ImageError
+from captioning.images import ImageError, ImageSource
 from captioning.model import StepDecoder, load_keras_model
 from captioning.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.keras", "vocab.json", "config.json")
+
+
+def read_model_config(model_dir: Path) -> ExperimentConfig:
+    """config.json of a model directory; an encoder weights file named relative to the
+    directory (as in a packaged model, see `registry.package`) is resolved against it."""
+    path = model_dir / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    weights = encoder.get("weights") if isinstance(encoder, dict) else None
+    if isinstance(weights, str) and not Path(weights).is_absolute() \
+            and (model_dir / weights).is_file():
+        data["encoder"]["weights"] = str((model_dir / weights).resolve())
+    return parse_config(data, source=str(path))
 
 
 @dataclass
@@ -41,9 +55,9 @@ class Captioner:
             raise ModelDirError(f"{model_dir}: not a captioning model directory "
                                 f"(missing {', '.join(missing)})")
         try:
-            config = read_config(model_dir / "config.json")
+            config = read_model_config(model_dir)
             vocab = Vocabulary.load(model_dir / "vocab.json")
-        except (ConfigError, ValueError) as error:
+        except (ConfigError, ValueError, OSError) as error:
             raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
         try:
             model = load_keras_model(model_dir / "model.keras")
@@ -61,20 +75,30 @@ class Captioner:
                         beam_width=beam_width or self.config.decode.beam_width,
                         max_length=self.config.decode.max_length)
 
-    def features_of(self, paths: list[Path]) -> tuple[np.ndarray, list[Path], list[ImageError]]:
-        """Encoder features of readable images; unreadable ones come back as errors."""
-        encoder_config = self.config.encoder
+    @property
+    def encoder(self) -> object:
+        """The image encoder of config.json, built on first use (Keras fetches ImageNet
+        weights on this machine, once)."""
         if self._encoder is None:
+            encoder_config = self.config.encoder
             size = encoder_config.image_size or ENCODERS[encoder_config.name].image_size
             self._encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
-        features, kept, errors = encode_images(self._encoder, encoder_config, paths)
-        return features.astype("float32"), [Path(paths[i]) for i in kept], errors
+        return self._encoder
+
+    def caption_images(self, sources: list[ImageSource], beam_width: int | None = None,
+                       labels: list[str] | None = None) -> list[str | ImageError]:
+        """A caption, or the ImageError that stopped it, for each image file or encoded image
+        (JPEG, PNG, ... bytes), in order."""
+        features, kept, errors = encode_images(self.encoder, self.config.encoder, sources,
+                                               labels=labels)
+        captions = self.caption_features(features.astype("float32"), beam_width) if kept else []
+        results: list[str | ImageError] = [errors.get(i) for i in range(len(sources))]
+        for position, caption in zip(kept, captions, strict=True):
+            results[position] = caption
+        return results
 
     def caption_files(self, paths: list[Path], beam_width: int | None = None
                       ) -> list[tuple[Path, str | ImageError]]:
         """(path, caption or the error that stopped it) for every path, in order."""
-        features, good, errors = self.features_of(paths)
-        captions = dict(zip(good, self.caption_features(features, beam_width), strict=True))
-        failed = {error.path: error for error in errors}
-        return [(Path(p), captions[Path(p)] if Path(p) in captions else failed[Path(p)])
-                for p in paths]
+        return list(zip(map(Path, paths), self.caption_images(list(paths), beam_width),
+                        strict=True))

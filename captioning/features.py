@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from captioning.config import EncoderConfig
 from captioning.encoders import ENCODERS, RANDOM_WEIGHTS_SEED, build_encoder
-from captioning.images import ImageError, load_image
+from captioning.images import ImageError, ImageSource, load_image
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,22 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int
+def decoded_batches(sources: Sequence[ImageSource], size: int, batch_size: int, workers: int,
+                    labels: Sequence[str] | None = None
                     ) -> Iterator[list[tuple[int, np.ndarray | ImageError]]]:
-    """Decode and resize images on a thread pool, a few batches ahead of the consumer.
+    """Decode and resize images (files or encoded bytes) on a thread pool, a few batches ahead
+    of the consumer.
 
-    Yields, per batch, (position in `paths`, uint8 array or the ImageError for that file).
+    Yields, per batch, (position in `sources`, uint8 array or the ImageError for that image).
     """
 
-    def load(path: Path) -> np.ndarray | ImageError:
+    def load(position: int) -> np.ndarray | ImageError:
         try:
-            return load_image(path, size)
+            return load_image(sources[position], size, labels[position] if labels else None)
         except ImageError as error:
             return error
 
-    starts = range(0, len(paths), batch_size)
+    starts = range(0, len(sources), batch_size)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[tuple[int, list[Future]]] = deque()
         queue = iter(starts)
@@ -117,8 +119,8 @@ def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: 
         def submit_next() -> None:
             start = next(queue, None)
             if start is not None:
-                chunk = paths[start:start + batch_size]
-                pending.append((start, [pool.submit(load, path) for path in chunk]))
+                chunk = range(start, min(start + batch_size, len(sources)))
+                pending.append((start, [pool.submit(load, position) for position in chunk]))
 
         for _ in range(3):  # batches decoded ahead while the encoder runs
             submit_next()
@@ -128,24 +130,28 @@ def decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: 
             yield [(start + offset, future.result()) for offset, future in enumerate(futures)]
 
 
-def encode_images(encoder: Any, encoder_config: EncoderConfig, paths: Sequence[Path],
-                  progress: bool = False) -> tuple[np.ndarray, list[int], list[ImageError]]:
-    """Features of every readable image in `paths`, decoded ahead on a thread pool.
+def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence[ImageSource],
+                  progress: bool = False, labels: Sequence[str] | None = None
+                  ) -> tuple[np.ndarray, list[int], dict[int, ImageError]]:
+    """Features of every readable image in `sources` (files or encoded bytes), decoded ahead on
+    a thread pool.
 
-    Returns (features (kept, dim), positions in `paths` of the kept rows, errors of the rest).
+    Returns (features (kept, dim), positions in `sources` of the kept rows, and the error of
+    every other position).
     """
     spec = ENCODERS[encoder_config.name]
     size = encoder_config.image_size or spec.image_size
     preprocess = spec.preprocess()
     rows: list[np.ndarray] = []
     kept: list[int] = []
-    errors: list[ImageError] = []
-    bar = tqdm(total=len(paths), desc=f"features {encoder_config.name}", unit="img",
+    errors: dict[int, ImageError] = {}
+    bar = tqdm(total=len(sources), desc=f"features {encoder_config.name}", unit="img",
                disable=not progress)
-    for batch in decoded_batches(paths, size, encoder_config.batch_size,
-                                 encoder_config.decode_workers):
+    for batch in decoded_batches(sources, size, encoder_config.batch_size,
+                                 encoder_config.decode_workers, labels):
         good = [(position, array) for position, array in batch if isinstance(array, np.ndarray)]
-        errors.extend(result for _, result in batch if isinstance(result, ImageError))
+        errors.update((position, result) for position, result in batch
+                      if isinstance(result, ImageError))
         if good:
             pixels = preprocess(np.stack([array for _, array in good]).astype("float32"))
             vectors = np.asarray(encoder.predict_on_batch(pixels))  # (batch, dim)
@@ -165,10 +171,9 @@ def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str]
     encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
     paths = [image_dir / name for name in names]
     array, kept, errors = encode_images(encoder, encoder_config, paths, progress)
-    for error in errors:
+    for error in errors.values():
         log.warning("skipping image %s", error)
-    name_of = dict(zip(paths, names, strict=True))
-    skipped = {name_of[error.path]: error.reason for error in errors}
+    skipped = {names[position]: error.reason for position, error in errors.items()}
     return array, [names[position] for position in kept], skipped
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,20 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: Path | str, size: int) -> np.ndarray:
-    """Decode `path` and resize it to (size, size, 3) uint8 RGB.
+ImageSource = Path | str | bytes
+
+
+def load_image(source: ImageSource, size: int, label: str | None = None) -> np.ndarray:
+    """Decode an image file (or its encoded bytes) and resize it to (size, size, 3) uint8 RGB.
 
     Handles JPEG/PNG/… in greyscale, palette, CMYK, 16-bit and alpha (composited on white),
     honours EXIF orientation, and raises ImageError for missing, truncated or non-image files.
+    Errors name `label`, else the file (or "image bytes").
     """
-    path = Path(path)
+    encoded = isinstance(source, bytes | bytearray)
+    path = Path(label or ("image bytes" if encoded else source))
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if encoded else Path(source)) as image:
             # JPEG can decode straight to a smaller scale: much faster for large photos.
             image.draft("RGB", (size, size))
             image.load()
