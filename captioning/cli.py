@@ -1,4 +1,4 @@
-"""The `captioning` command: sample-data, prepare, train, evaluate, caption.
+"""The `captioning` command: sample-data, prepare, train, evaluate, caption, sweep, promote.
 
 Only argument parsing and printing live here; each command calls one library function.
 """
@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from captioning.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
@@ -20,6 +23,16 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a key, e.g. model.lstm_units=128")
 
 
+MODEL_HELP = ("model directory, or an MLflow model URI: models:/captioner@champion, "
+              "models:/captioner/3, runs:/<run id>/model")
+
+
+def _tracking_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking and registry server, for models:/ and runs:/ "
+                             "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -29,7 +42,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="captioning", description="Image captioning: data, training, evaluation.")
+        prog="captioning", description="Image captioning: data, training, sweeps, evaluation, "
+        "promotion to the MLflow Model Registry.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample-data", help="draw a small synthetic dataset "
@@ -48,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model directory (default: <output_dir>/<name>-<time>)")
 
     evaluate = commands.add_parser("evaluate", help="score a model on a split")
-    evaluate.add_argument("--model", type=Path, required=True, help="model directory")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--beam", type=_positive, default=None,
                           help="beam width (1 = greedy; default: the model's decode.beam_width)")
@@ -56,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dataset folder, if not the one the model was trained on")
     evaluate.add_argument("--output", type=Path, default=None,
                           help="JSON file for every image's prediction and references")
+    _tracking_arg(evaluate)
 
     sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, "
                                 "every trial tracked in MLflow")
@@ -77,9 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", type=Path, nargs="+")
-    caption.add_argument("--model", type=Path, required=True, help="model directory")
+    caption.add_argument("--model", required=True, help=MODEL_HELP)
     caption.add_argument("--beam", type=_positive, default=None,
                          help="beam width (1 = greedy; default: the model's decode.beam_width)")
+    _tracking_arg(caption)
+
+    promote = commands.add_parser(
+        "promote", help="register a sweep's best trial in the MLflow Model Registry and point "
+        "an alias at it")
+    which = promote.add_mutually_exclusive_group()
+    which.add_argument("--experiment", default=None,
+                       help="MLflow experiment (or experiment YAML) whose newest sweep to "
+                            f"promote from (default: the one of {DEFAULT_EXPERIMENT})")
+    which.add_argument("--sweep-run", default=None, metavar="RUN_ID",
+                       help="the sweep's MLflow parent run")
+    promote.add_argument("--metric", default="val_bleu4",
+                         help="rank trials by this score of their kept epoch (default: "
+                              "%(default)s)")
+    promote.add_argument("--mode", choices=["max", "min"], default=None,
+                         help="max or min is best (default: min for losses, else max)")
+    promote.add_argument("--model-name", default="captioner",
+                         help="registered model name (default: %(default)s)")
+    promote.add_argument("--alias", default="champion", help="alias (default: %(default)s)")
+    _tracking_arg(promote)
     return parser
 
 
@@ -140,10 +175,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _model_dir(model: str, tracking_uri: str | None) -> Iterator[Path]:
+    """A local model directory for `model`: itself, or a URI's model downloaded for the
+    duration of the command."""
+    from captioning.registry import fetch, is_uri
+    from captioning.tracking import resolve_tracking_uri
+
+    if not is_uri(model):
+        yield Path(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="captioning-fetch-") as tmp:
+        yield fetch(model, resolve_tracking_uri(tracking_uri), Path(tmp))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from captioning.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.split, args.beam, args.data_root, args.output)
+    with _model_dir(args.model, args.tracking_uri) as model_dir:
+        report = evaluate_model(model_dir, args.split, args.beam, args.data_root, args.output,
+                                source=args.model)
     print(f"{report['split']} split, {report['images_scored']} images, "
           f"beam {report['beam_width']}:")
     _print_table(report["scores"])
@@ -183,9 +234,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from captioning.captioner import Captioner
 
-    captioner = Captioner.load(args.model)
+    with _model_dir(args.model, args.tracking_uri) as model_dir:
+        results = Captioner.load(model_dir).caption_files(args.images, args.beam)
     failures = 0
-    for path, result in captioner.caption_files(args.images, args.beam):
+    for path, result in results:
         if isinstance(result, str):
             print(f"{path}\t{result}")
         else:
@@ -194,19 +246,48 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from captioning.registry import promote
+    from captioning.tracking import resolve_tracking_uri
+
+    experiment, configured_uri = args.experiment, None
+    if args.sweep_run is None and (experiment is None or experiment.endswith((".yaml", ".yml"))):
+        config = load_experiment(experiment or DEFAULT_EXPERIMENT)
+        experiment, configured_uri = config.name, config.sweep.tracking_uri
+    uri = resolve_tracking_uri(args.tracking_uri or configured_uri)
+    done = promote(uri, experiment=experiment, sweep_run=args.sweep_run, metric=args.metric,
+                   mode=args.mode, model_name=args.model_name, alias=args.alias)
+    print(f"sweep {done.sweep} (MLflow run {done.sweep_run_id}): {done.candidates} finished "
+          f"trial(s) scored by {done.metric}")
+    print(f"best: trial {done.trial_id} (run {done.run_id}), {done.metric} {done.value:.4f}")
+    _print_table(done.metrics)
+    if done.created:
+        print(f"registered {done.model_name} version {done.version}")
+    else:
+        print(f"already registered as {done.model_name} version {done.version}: "
+              "no new version")
+    print(f"alias {done.alias} -> {done.model_name} version {done.version}")
+    uri_of = f"models:/{done.model_name}@{done.alias}"
+    print(f"caption with it: captioning caption --model {uri_of} IMAGE...")
+    print(f"serve it:        mlflow models serve -m {uri_of} --env-manager local "
+          "--host 127.0.0.1 --port 5001")
+    return 0
+
+
 COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "caption": cmd_caption, "sweep": cmd_sweep}
+            "evaluate": cmd_evaluate, "caption": cmd_caption, "sweep": cmd_sweep,
+            "promote": cmd_promote}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from captioning.datasets import DatasetError
-    from captioning.errors import ModelDirError, TrackingError
+    from captioning.errors import ModelDirError, RegistryError, TrackingError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelDirError, TrackingError) as error:
+    except (ConfigError, DatasetError, ModelDirError, RegistryError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

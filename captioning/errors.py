@@ -10,3 +10,7 @@ class ModelDirError(ValueError):
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message says which and how to fix it."""
+
+
+class RegistryError(ValueError):
+    """A model cannot be promoted or fetched; the message names the sweep, run or URI."""

@@ -12,12 +12,13 @@ from captioning.scores import caption_scores, strip_markers
 
 def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int | None = None,
                    data_root: Path | None = None, output: Path | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, source: str | None = None) -> dict:
     """Caption every image of `split` with the model and score against all its references.
 
     The dataset and encoder are the ones in the model's config.json (data.root may be
     overridden). Returns {"scores": {...}, "images": [{image, prediction, references}], ...},
-    also written to `output` as JSON when given.
+    also written to `output` as JSON when given. `source` names the model in the report (the
+    models:/ URI it was fetched from), else `model_dir` does.
     """
     captioner = Captioner.load(model_dir)
     config = captioner.config
@@ -33,7 +34,7 @@ def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int |
     references = {name: prepared.dataset.captions[name] for name in names}
     scores = caption_scores(references, dict(zip(names, predictions, strict=True)))
     report = {
-        "model": str(model_dir), "split": split, "beam_width": beam_width,
+        "model": source or str(model_dir), "split": split, "beam_width": beam_width,
         "images_scored": len(names), "scores": scores,
         "images": [{"image": name, "prediction": prediction,
                     "references": [strip_markers(r) for r in references[name]]}

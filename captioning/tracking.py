@@ -1,12 +1,14 @@
-"""Every MLflow call of the project: the sweep's parent run and one nested child run per trial.
+"""MLflow tracking: the sweep's parent run and one nested child run per trial.
 
-MLflow moves between versions (stages became aliases, the file store is deprecated); keeping
-its calls here means an upgrade touches one file.
+MLflow moves between versions (stages became aliases, the file store is deprecated, models
+became entities of their own); its calls live here, in mlflow_model.py (the logged model) and
+in registry.py (promotion, loading by URI), so an upgrade touches those three files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -19,8 +21,11 @@ from mlflow.entities import RunStatus
 
 from captioning.errors import TrackingError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_TAG = "captioning.trial_id"
+MODEL_TAG = "captioning.model_id"  # on a trial's run: the id of its logged MLflow model
 SWEEP_TAG = "captioning.sweep"
 SWEEP_DIR_TAG = "captioning.sweep_dir"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
@@ -46,6 +51,22 @@ def _fail_fast():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def using(uri: str):
+    """MLflow's fluent API (log_model, register_model) on `uri`, for the duration: tracking
+    and model registry both."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 def check_reachable(uri: str) -> None:
@@ -87,6 +108,7 @@ class SweepTracker:
     """The MLflow side of one sweep: a parent run, and a child run per Ray trial under it."""
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None):
+        self.uri = uri
         self.client = MlflowClient(uri)
         self.experiment_id = _experiment_id(self.client, experiment)
         self.parent_run_id = parent_run_id
@@ -146,9 +168,7 @@ class SweepTracker:
         self.client.set_tag(run_id, "early_stopped", str(early).lower())
         self.client.set_tag(run_id, "epochs_run", str(epochs_run))
         if checkpoint_dir is not None:
-            for name in ("model.keras", "vocab.json", "config.json", "metrics.json"):
-                if (checkpoint_dir / name).is_file():
-                    self.client.log_artifact(run_id, str(checkpoint_dir / name), "best_model")
+            self._log_model(run_id, checkpoint_dir)
             samples = checkpoint_dir / "samples.json"
             if samples.is_file():
                 rows = json.loads(samples.read_text(encoding="utf-8"))
@@ -158,6 +178,21 @@ class SweepTracker:
                     "references": [" | ".join(r["references"]) for r in rows],
                 }, artifact_file="val_samples.json")
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+
+    def _log_model(self, run_id: str, checkpoint_dir: Path) -> None:
+        """The trial's best epoch as an MLflow model; a failure is tagged, not raised, so one
+        bad trial cannot stop the sweep."""
+        from captioning.mlflow_model import log_captioner
+
+        try:
+            metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
+            model_id = log_captioner(self.uri, run_id, checkpoint_dir,
+                                     step=int(metrics["epoch"]))
+        except Exception as error:  # noqa: BLE001 - reported on the run, the sweep goes on
+            log.warning("run %s: could not log its model: %s", run_id, error)
+            self.client.set_tag(run_id, "model_error", f"{type(error).__name__}: {error}"[:5000])
+            return
+        self.client.set_tag(run_id, MODEL_TAG, model_id)
 
     def fail_trial(self, run_id: str, error: str) -> None:
         self.client.set_tag(run_id, "error", error[:5000])

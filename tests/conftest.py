@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from captioning.config import parse_config
 from captioning.sample_data import draw_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,17 @@ def small_overrides(root: Path) -> list[str]:
     """Overrides that make any experiment quick on sample data: random weights, small input."""
     return [f"data.root={root}", "encoder.weights=none", "encoder.image_size=75",
             "encoder.batch_size=64"]
+
+
+def quick_config(root: Path, **train):
+    """A small, fast config on sample data: random encoder weights, a narrow LSTM."""
+    return parse_config({
+        "data": {"root": str(root)},
+        "encoder": {"name": "inception_v3", "weights": "none", "image_size": 75},
+        "model": {"lstm_units": 32, "embedding_dim": 16, "dropout": 0.1},
+        "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.003, "score_images": 20,
+                  **train},
+    })
 
 
 def free_port() -> int:

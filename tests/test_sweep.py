@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep, train_trial
+from captioning.tracking import MODEL_TAG
 from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -72,8 +73,14 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "val_cider",
                        "val_rouge_l", "val_bleu1"):
             assert metric in run.data.metrics
-        best_files = {a.path for a in client.list_artifacts(run.info.run_id, "best_model")}
-        assert "best_model/model.keras" in best_files
+        # The kept epoch is logged as an MLflow model, with that epoch's scores linked to it.
+        model = client.get_logged_model(run.data.tags[MODEL_TAG])
+        assert model.source_run_id == run.info.run_id and model.name == "model"
+        history = client.get_metric_history(run.info.run_id, "val_bleu4")
+        linked = {m.key: m for m in model.metrics}
+        assert linked["val_bleu4"].value == max(m.value for m in history)
+        assert linked["val_bleu4"].step == min(m.step for m in history
+                                               if m.value == linked["val_bleu4"].value)
         assert "val_samples.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.data.tags["early_stopped"] == str(
             int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()

@@ -5,30 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from captioning.config import load_experiment, parse_config
+from captioning.config import load_experiment
 from captioning.datasets import load_dataset
 from captioning.model import load_keras_model
 from captioning.prepare import prepare
 from captioning.train import train_captioner
-from conftest import REPO, small_overrides
+from conftest import REPO, quick_config, small_overrides
 
 EPOCH_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
               "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l"}
-
-
-def quick_config(root: Path, **train):
-    return parse_config({
-        "data": {"root": str(root)},
-        "encoder": {"name": "inception_v3", "weights": "none", "image_size": 75},
-        "model": {"lstm_units": 32, "embedding_dim": 16, "dropout": 0.1},
-        "train": {"epochs": 3, "batch_size": 64, "learning_rate": 0.003, "score_images": 20,
-                  **train},
-    })
 
 
 def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, tmp_path):

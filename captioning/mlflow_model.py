@@ -1,0 +1,161 @@
+"""A trained captioner as an MLflow model: a pyfunc that captions raw images.
+
+Input: a DataFrame with one column, `image`, holding encoded image files (JPEG, PNG, ...) as
+bytes. Over REST the bytes travel as base64 strings; MLflow decodes them, because the
+signature types the column as binary. Output: one row per image, with `caption`, and `error`
+when that image could not be read (its caption is then null).
+
+The model is logged "from code" (`model_code.py`): loading it imports `CaptionerModel` from
+the installed `captioning` package and unpickles nothing. Keras loads the decoder in safe
+mode; the vocabulary and config are JSON. The encoder is rebuilt from its name, weights and
+input size: Keras fetches ImageNet weights on the machine that loads the model, a local
+weights file travels inside the model, and `weights: none` is a seeded random encoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from captioning.encoders import ENCODERS
+from captioning.errors import ModelDirError
+from captioning.tracking import using
+
+ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
+LOGGED_NAME = "model"  # the name every trial's model is logged under: runs:/<run id>/model
+CODE = Path(__file__).with_name("model_code.py")
+PACKAGED_FILES = ("model.keras", "vocab.json", "config.json", "metrics.json")
+REQUIREMENTS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow", "pydantic",
+                "pyyaml", "filelock", "tqdm")
+
+
+class CaptionerModel(mlflow.pyfunc.PythonModel):
+    """image bytes in, caption out (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+        from captioning.captioner import Captioner
+
+        self.captioner = Captioner.load(context.artifacts[ARTIFACT])
+        _ = self.captioner.encoder  # built now: a server is ready once it has loaded
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(
+            model_input)
+        if "image" not in frame:
+            raise ValueError(f"expected a column 'image' of encoded images, got columns "
+                             f"{list(frame.columns)}")
+        sources, bad = [], {}
+        for row, value in enumerate(frame["image"]):
+            sources.append(_image_bytes(value))
+            if sources[-1] is None:
+                bad[row] = f"row {row}: expected image file bytes or base64, got " \
+                           f"{type(value).__name__}"
+                sources[-1] = b""
+        beam = (params or {}).get("beam_width")
+        results = self.captioner.caption_images(
+            sources, int(beam) if beam else None, labels=[f"row {i}" for i in range(len(frame))])
+        captions = [r if isinstance(r, str) else None for r in results]
+        errors = [bad.get(row) or (None if isinstance(r, str) else str(r))
+                  for row, r in enumerate(results)]
+        # object columns: missing values stay None (JSON null); pandas' string dtype makes NaN.
+        return pd.DataFrame({"caption": captions, "error": errors}, dtype=object)
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):  # base64, when called without MLflow's schema enforcement
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+def signature(beam_width: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "caption"), ColSpec("string", "error",
+                                                              required=False)]),
+        params=ParamSchema([ParamSpec("beam_width", "long", beam_width)]))
+
+
+def input_example() -> pd.DataFrame:
+    """One small PNG drawn by the sample-data generator."""
+    from captioning.sample_data import draw_example
+
+    image = draw_example(seed=0, index=0)[0].resize((64, 64))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
+def requirements() -> list[str]:
+    """The runtime packages, pinned as installed. `captioning` itself must be installed where
+    the model loads (serve with --env-manager local, or in the project's image)."""
+    pinned = []
+    for name in REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pass
+    return pinned
+
+
+def package(model_dir: Path, dest: Path) -> Path:
+    """Copy what captioning needs from a model directory into `dest`: the best model, vocab,
+    config and scores, and a local encoder weights file (renamed, made relative)."""
+    missing = [n for n in ("model.keras", "vocab.json", "config.json")
+               if not (model_dir / n).is_file()]
+    if missing:
+        raise ModelDirError(f"{model_dir}: not a captioning model directory "
+                            f"(missing {', '.join(missing)})")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGED_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, dest / name)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    weights = config["encoder"]["weights"]
+    if weights not in ("imagenet", "none"):
+        source = Path(weights).expanduser()
+        bundled = "encoder" + "".join(source.suffixes[-2:])
+        shutil.copy2(source, dest / bundled)
+        config["encoder"]["weights"] = bundled
+        (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
+def log_captioner(tracking_uri: str, run_id: str, model_dir: Path, step: int) -> str:
+    """Log `model_dir` as the pyfunc model of run `run_id`; returns the logged model's id.
+
+    `step` is the epoch of the kept model: MLflow links that epoch's metrics to the model.
+    """
+    from captioning.captioner import read_model_config
+
+    config = read_model_config(model_dir)
+    with using(tracking_uri), mlflow.start_run(run_id=run_id), \
+            tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_NAME, python_model=str(CODE),
+            artifacts={ARTIFACT: str(package(model_dir, Path(tmp) / ARTIFACT))},
+            signature=signature(config.decode.beam_width), input_example=input_example(),
+            pip_requirements=requirements(), step=step,
+            metadata={"captioning.encoder": config.encoder.name,
+                      "captioning.encoder_weights": config.encoder.weights,
+                      "captioning.image_size": config.encoder.image_size
+                      or ENCODERS[config.encoder.name].image_size,
+                      "captioning.max_length": config.decode.max_length})
+    return info.model_id

@@ -1,0 +1,127 @@
+"""The captioner as an MLflow pyfunc, offline: image bytes in, the local model's caption out."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from PIL import Image
+
+from captioning.captioner import Captioner
+from captioning.encoders import build_encoder
+from captioning.errors import ModelDirError
+from captioning.mlflow_model import ARTIFACT, CODE, input_example, package, signature
+from captioning.train import train_captioner
+from conftest import quick_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pyfunc") / "model"
+    train_captioner(quick_config(sample_root, epochs=4), model_dir=path, verbose=0)
+    return path
+
+
+def save_pyfunc(model_dir: Path, path: Path) -> Path:
+    config = Captioner.load(model_dir).config
+    mlflow.pyfunc.save_model(
+        str(path), python_model=str(CODE),
+        artifacts={ARTIFACT: str(package(model_dir, path.parent / "packaged"))},
+        signature=signature(config.decode.beam_width), input_example=input_example())
+    return path
+
+
+@pytest.fixture(scope="module")
+def pyfunc(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    saved = save_pyfunc(model_dir, tmp_path_factory.mktemp("saved") / "model")
+    return mlflow.pyfunc.load_model(str(saved)), saved
+
+
+def as_png(jpeg: Path, dest: Path) -> Path:
+    Image.open(jpeg).save(dest, format="PNG")
+    return dest
+
+
+def test_the_pyfunc_captions_jpeg_and_png_bytes_as_the_model_directory_does(
+        pyfunc, model_dir, sample_root, tmp_path):
+    model, _ = pyfunc
+    jpegs = sorted((sample_root / "Images").glob("*.jpg"))[:3]
+    png = as_png(jpegs[0], tmp_path / "first.png")
+    files = [*jpegs, png]
+    out = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in files]}))
+    expected = [caption for _, caption in Captioner.load(model_dir).caption_files(files)]
+    assert list(out["caption"]) == expected
+    assert all(isinstance(c, str) for c in expected)
+    assert list(out["error"]) == [None] * len(files)
+
+
+def test_an_unreadable_image_gets_an_error_and_the_others_still_get_captions(pyfunc,
+                                                                            sample_root):
+    model, _ = pyfunc
+    jpeg = sorted((sample_root / "Images").glob("*.jpg"))[0].read_bytes()
+    out = model.predict(pd.DataFrame({"image": [b"not an image", jpeg, jpeg[:200]]}))
+    assert out["caption"][0] is None and out["caption"][2] is None
+    assert isinstance(out["caption"][1], str) and out["error"][1] is None
+    assert out["error"][0].startswith("row 0: not an image file")
+    assert out["error"][2].startswith("row 2: ")
+
+
+def test_beam_width_is_a_parameter_with_the_models_default(pyfunc, model_dir, sample_root):
+    model, _ = pyfunc
+    jpegs = sorted((sample_root / "Images").glob("*.jpg"))[:4]
+    frame = pd.DataFrame({"image": [p.read_bytes() for p in jpegs]})
+    greedy = Captioner.load(model_dir).caption_files(jpegs, beam_width=1)
+    assert list(model.predict(frame, params={"beam_width": 1})["caption"]) == [
+        c for _, c in greedy]
+    params = model.metadata.get_params_schema().to_dict()
+    assert params == [{"name": "beam_width", "type": "long", "shape": None,
+                       "default": Captioner.load(model_dir).config.decode.beam_width}]
+
+
+def test_the_saved_model_has_a_signature_an_input_example_and_no_pickle(pyfunc):
+    model, saved = pyfunc
+    inputs = model.metadata.get_input_schema().to_dict()
+    assert inputs == [{"type": "binary", "name": "image", "required": True}]
+    outputs = [c["name"] for c in model.metadata.get_output_schema().to_dict()]
+    assert outputs == ["caption", "error"]
+    example = json.loads((saved / "serving_input_example.json").read_text())
+    encoded = example["dataframe_split"]["data"][0][0]
+    Image.open(io.BytesIO(base64.b64decode(encoded))).verify()  # a real PNG
+    assert not list(saved.rglob("*.pkl")), "the model must load without unpickling"
+    assert "model_code_path" in model.metadata.flavors["python_function"]
+
+
+def test_a_local_encoder_weights_file_travels_inside_the_packaged_model(model_dir, sample_root,
+                                                                        tmp_path):
+    weights = tmp_path / "my_encoder.weights.h5"
+    build_encoder("inception_v3", "none", 75).save_weights(weights)
+    local = tmp_path / "local"
+    local.mkdir()
+    for name in ("model.keras", "vocab.json"):
+        (local / name).write_bytes((model_dir / name).read_bytes())
+    config = json.loads((model_dir / "config.json").read_text())
+    config["encoder"]["weights"] = str(weights)
+    (local / "config.json").write_text(json.dumps(config))
+
+    packed = package(local, tmp_path / "packed")
+    weights.unlink()  # the packaged model must not need the original file
+    packed_config = json.loads((packed / "config.json").read_text())
+    assert packed_config["encoder"]["weights"] == "encoder.weights.h5"
+    loaded = Captioner.load(packed)
+    assert Path(loaded.config.encoder.weights) == (packed / "encoder.weights.h5").resolve()
+    jpegs = sorted((sample_root / "Images").glob("*.jpg"))[:3]
+    # Same weights as the seeded random encoder, so the same captions as the original model.
+    assert loaded.caption_files(jpegs) == Captioner.load(model_dir).caption_files(jpegs)
+
+
+def test_packaging_a_folder_that_is_not_a_model_names_what_is_missing(tmp_path):
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(ModelDirError, match="missing model.keras, config.json"):
+        package(tmp_path, tmp_path / "out")
