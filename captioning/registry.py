@@ -161,9 +161,11 @@ def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
     """Download the model at `model` (models:/name@alias, models:/name/3, runs:/id/model, ...)
     into `dest` and return its captioning model directory."""
     try:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=model, dst_path=str(dest), tracking_uri=tracking_uri,
-            registry_uri=tracking_uri))
+        # Set globally too: MLflow 3.17 resolves models:/ aliases with the global registry.
+        with using(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=model, dst_path=str(dest), tracking_uri=tracking_uri,
+                registry_uri=tracking_uri))
     except MlflowException as error:
         reason = str(error).splitlines()[0][:300]
         raise RegistryError(f"{model}: cannot fetch it from {tracking_uri} ({reason})") from None

@@ -55,18 +55,31 @@ def _fail_fast():
 
 @contextmanager
 def using(uri: str):
-    """MLflow's fluent API (log_model, register_model) on `uri`, for the duration: tracking
-    and model registry both."""
-    import mlflow
+    """MLflow's fluent API (log_model, register_model) on `uri`, tracking and model registry
+    both, for the duration; then exactly the settings there were before.
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_*_URI to the environment, and
+    MLflow's getters answer a default when nothing is set, so restoring through them would
+    leave that default behind for every subprocess; the saved values are put back instead.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    saved = (tracking._tracking_uri, registry._registry_uri,
+             {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        mlflow.set_tracking_uri(saved[0])
+        registry._registry_uri = saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def check_reachable(uri: str) -> None:
