@@ -223,6 +223,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_table(best["metrics"])
     print(f"best model: {best['checkpoint']}")
     uri = result.tracking_uri
+    from captioning.tracking import resolve_tracking_uri
+
+    where = "" if uri == resolve_tracking_uri(None) else f" --tracking-uri {uri}"
+    print(f"promote it to the model registry: captioning promote --sweep-run "
+          f"{result.parent_run_id}{where}")
     if uri.startswith(("http://", "https://")):
         print(f"browse the runs: open {uri}")
     else:
