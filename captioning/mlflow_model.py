@@ -46,7 +46,11 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from captioning.captioner import Captioner
+        from captioning.gpu import enable_memory_growth
 
+        # A server (or the sweep driver, which loads each logged model once to check it) may
+        # share its GPU with trials: take memory as needed, not all of it.
+        enable_memory_growth()
         self.captioner = Captioner.load(context.artifacts[ARTIFACT])
         _ = self.captioner.encoder  # built now: a server is ready once it has loaded
 
