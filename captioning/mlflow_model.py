@@ -5,8 +5,11 @@ bytes. Over REST the bytes travel as base64 strings; MLflow decodes them, becaus
 signature types the column as binary. Output: one row per image, with `caption`, and `error`
 when that image could not be read (its caption is then null).
 
-The model is logged "from code" (`model_code.py`): loading it imports `CaptionerModel` from
-the installed `captioning` package and unpickles nothing. Keras loads the decoder in safe
+The model is logged "from code": MLflow stores a copy of `model_code.py` (three lines that
+import `CaptionerModel` from the installed `captioning` package) and runs that copy to load
+it; nothing is unpickled. Whoever can write to the artifact store can change that copy, so
+the tracking server's artifacts must be trusted like code (`captioning caption/evaluate`
+never run it: they read only the decoder, in safe mode, and JSON). Keras loads the decoder in safe
 mode; the vocabulary and config are JSON. The encoder is rebuilt from its name, weights and
 input size: Keras fetches ImageNet weights on the machine that loads the model, a local
 weights file travels inside the model, and `weights: none` is a seeded random encoder.
@@ -26,6 +29,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -37,6 +41,7 @@ ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
 LOGGED_NAME = "model"  # the name every trial's model is logged under: runs:/<run id>/model
 CODE = Path(__file__).with_name("model_code.py")
 PACKAGED_FILES = ("model.keras", "vocab.json", "config.json", "metrics.json")
+MAX_BEAM_WIDTH = 20  # a request's beam costs images x width decoder rows: bound it
 REQUIREMENTS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow", "pydantic",
                 "pyyaml", "filelock", "tqdm")
 
@@ -69,8 +74,12 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
                            f"{type(value).__name__}"
                 sources[-1] = b""
         beam = (params or {}).get("beam_width")
+        if beam is not None and not 1 <= int(beam) <= MAX_BEAM_WIDTH:
+            raise MlflowException.invalid_parameter_value(
+                f"beam_width: expected 1 to {MAX_BEAM_WIDTH}, got {beam}")
         results = self.captioner.caption_images(
-            sources, int(beam) if beam else None, labels=[f"row {i}" for i in range(len(frame))])
+            sources, int(beam) if beam is not None else None,
+            labels=[f"row {i}" for i in range(len(frame))])
         captions = [r if isinstance(r, str) else None for r in results]
         errors = [bad.get(row) or (None if isinstance(r, str) else str(r))
                   for row, r in enumerate(results)]
@@ -127,12 +136,15 @@ def package(model_dir: Path, dest: Path) -> Path:
     if missing:
         raise ModelDirError(f"{model_dir}: not a captioning model directory "
                             f"(missing {', '.join(missing)})")
+    from captioning.captioner import read_model_config
+
     dest.mkdir(parents=True, exist_ok=True)
     for name in PACKAGED_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    weights = config["encoder"]["weights"]
+    # Resolved as loading does: a packaged model's weights file is relative to its folder.
+    weights = read_model_config(model_dir).encoder.weights
     if weights not in ("imagenet", "none"):
         source = Path(weights).expanduser()
         bundled = "encoder" + "".join(source.suffixes[-2:])
@@ -150,15 +162,21 @@ def log_captioner(tracking_uri: str, run_id: str, model_dir: Path, step: int) ->
     from captioning.captioner import read_model_config
 
     config = read_model_config(model_dir)
-    with using(tracking_uri), mlflow.start_run(run_id=run_id), \
-            tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
-        info = mlflow.pyfunc.log_model(
-            name=LOGGED_NAME, python_model=str(CODE),
-            artifacts={ARTIFACT: str(package(model_dir, Path(tmp) / ARTIFACT))},
+    with using(tracking_uri), tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
+        packaged = package(model_dir, Path(tmp) / ARTIFACT)
+        bundled = json.loads((packaged / "config.json").read_text(encoding="utf-8"))
+        # Model.log, not the fluent log_model: it takes the run, so no active run is needed
+        # (nor disturbed, if the caller has one). With the input example, MLflow loads the
+        # model once and runs it on the example before it uploads: a model that cannot
+        # caption is reported in the log here, not when it is served.
+        info = mlflow.models.Model.log(
+            artifact_path=None, name=LOGGED_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+            flavor_name="pyfunc.ModelFromCode", python_model=str(CODE),
+            artifacts={ARTIFACT: str(packaged)},
             signature=signature(config.decode.beam_width), input_example=input_example(),
             pip_requirements=requirements(), step=step,
             metadata={"captioning.encoder": config.encoder.name,
-                      "captioning.encoder_weights": config.encoder.weights,
+                      "captioning.encoder_weights": bundled["encoder"]["weights"],
                       "captioning.image_size": config.encoder.image_size
                       or ENCODERS[config.encoder.name].image_size,
                       "captioning.max_length": config.decode.max_length})

@@ -11,6 +11,8 @@ Aliases, not stages: MLflow deprecated stages.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from mlflow.exceptions import MlflowException
 
 from captioning.errors import RegistryError
 from captioning.mlflow_model import ARTIFACT
-from captioning.tracking import MODEL_TAG, SWEEP_TAG, TRIAL_TAG, using
+from captioning.tracking import MODEL_TAG, SWEEP_TAG, TRIAL_TAG, check_reachable, using
+
+log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = ("loss", "val_loss")
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
@@ -48,7 +52,9 @@ def _sweep_run(client: MlflowClient, experiment: str | None, sweep_run: str | No
     if sweep_run:
         try:
             run = client.get_run(sweep_run)
-        except MlflowException:
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             raise RegistryError(f"--sweep-run {sweep_run}: no such run") from None
         if SWEEP_TAG not in run.data.tags:
             raise RegistryError(f"--sweep-run {sweep_run}: not a sweep's parent run (it has "
@@ -68,24 +74,31 @@ def _sweep_run(client: MlflowClient, experiment: str | None, sweep_run: str | No
     return runs[0]
 
 
-def _candidates(client: MlflowClient, sweep: Any, metric: str) -> tuple[list[dict], set[str]]:
-    """Finished trials of `sweep` with a logged model: (those whose model has `metric`, every
-    metric name their models have)."""
+def _candidates(client: MlflowClient, sweep: Any, metric: str
+                ) -> tuple[list[dict], int, set[str]]:
+    """Finished trials of `sweep` with a logged model: (those whose model has a finite
+    `metric`, how many models there are, every metric name the models have)."""
     trials = client.search_runs(
         [sweep.info.experiment_id],
         filter_string=(f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                        "attributes.status = 'FINISHED'"), max_results=10000)
-    found, seen = [], set()
+    found, models, seen = [], 0, set()
     for run in trials:
         model_id = run.data.tags.get(MODEL_TAG)
         if not model_id:
             continue
-        model = client.get_logged_model(model_id)
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException:  # deleted since: that trial cannot be promoted, the rest can
+            log.warning("trial run %s: its model %s is gone; skipping it", run.info.run_id,
+                        model_id)
+            continue
+        models += 1
         metrics = {m.key: m.value for m in model.metrics or []}
         seen.update(metrics)
-        if metric in metrics:
+        if metric in metrics and math.isfinite(metrics[metric]):
             found.append({"run": run, "model": model, "metrics": metrics})
-    return found, seen
+    return found, models, seen
 
 
 def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict) -> str:
@@ -108,19 +121,31 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
     """
     if mode is None:
         mode = "min" if metric in LOWER_IS_BETTER else "max"
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    check_reachable(tracking_uri)
+    try:
+        return _promote(MlflowClient(tracking_uri, registry_uri=tracking_uri), tracking_uri,
+                        experiment, sweep_run, metric, mode, model_name, alias)
+    except MlflowException as error:  # e.g. a user without the permission, a bad alias
+        reason = str(error).splitlines()[0][:300]
+        raise RegistryError(f"promote: {tracking_uri} refused ({reason})") from None
+
+
+def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
+             sweep_run: str | None, metric: str, mode: str, model_name: str,
+             alias: str) -> Promotion:
     sweep = _sweep_run(client, experiment, sweep_run)
     name = sweep.data.tags.get(SWEEP_TAG)
-    found, seen = _candidates(client, sweep, metric)
+    found, models, seen = _candidates(client, sweep, metric)
     if not found:
-        if not seen:
+        if not models:
             raise RegistryError(f"sweep {name} (run {sweep.info.run_id}) has no finished trial "
                                 "with a logged model: nothing to promote")
         raise RegistryError(f"--metric {metric}: no finished trial of sweep {name} (run "
-                            f"{sweep.info.run_id}) has it; their models have: "
-                            f"{', '.join(sorted(seen))}")
-    pick = max if mode == "max" else min
-    best = pick(found, key=lambda c: c["metrics"][metric])
+                            f"{sweep.info.run_id}) has a value for it; their models have: "
+                            f"{', '.join(sorted(seen)) or 'no metrics'}")
+    # Best value; of equal ones, the trial that started first (deterministic).
+    sign = 1 if mode == "max" else -1
+    best = max(found, key=lambda c: (sign * c["metrics"][metric], -c["run"].info.start_time))
     run, model = best["run"], best["model"]
 
     existing = [v for v in client.search_model_versions(f"name = '{model_name}'")
@@ -153,6 +178,20 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
                      float(best["metrics"][metric]), best["metrics"], len(found))
 
 
+def _logged_model_uri(model: str, tracking_uri: str) -> str:
+    """runs:/<run id>/<name> of a model the run logged -> models:/<model id>: MLflow 3 keeps
+    logged models apart from the run's artifacts, where a plain download does not look."""
+    if not model.startswith("runs:/"):
+        return model
+    run_id, _, name = model[len("runs:/"):].partition("/")
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    for output in run.outputs.model_outputs if run.outputs else []:
+        if client.get_logged_model(output.model_id).name == name.strip("/"):
+            return f"models:/{output.model_id}"
+    return model
+
+
 def is_uri(model: str | Path) -> bool:
     return str(model).startswith(URI_SCHEMES)
 
@@ -164,8 +203,8 @@ def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
         # Set globally too: MLflow 3.17 resolves models:/ aliases with the global registry.
         with using(tracking_uri):
             local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=model, dst_path=str(dest), tracking_uri=tracking_uri,
-                registry_uri=tracking_uri))
+                artifact_uri=_logged_model_uri(model, tracking_uri), dst_path=str(dest),
+                tracking_uri=tracking_uri, registry_uri=tracking_uri))
     except MlflowException as error:
         reason = str(error).splitlines()[0][:300]
         raise RegistryError(f"{model}: cannot fetch it from {tracking_uri} ({reason})") from None

@@ -260,7 +260,7 @@ def test_env_example_holds_placeholders_only():
     for key, value in parse_env_file(ENV_EXAMPLE).items():
         if SECRET_NAME.search(key):
             assert "change-me" in value, f"{key}: use a change-me placeholder, not a value"
-            # They go into URLs (postgresql://user:password@...): URL-safe characters only.
+            # They go into URLs (postgresql+psycopg://user:password@...): URL-safe characters only.
             assert re.fullmatch(r"[A-Za-z0-9_-]+", value), key
 
 
@@ -319,6 +319,17 @@ def test_project_image_is_built_from_the_repository(raw, config):
     assert config["services"]["sweep"]["image"] == "captioning:latest"
 
 
+def test_only_the_sweeps_driver_and_the_model_server_hold_mlflow_credentials(config):
+    """The driver logs every trial; trials on the workers never call MLflow."""
+    services = config["services"]
+    for name in ("ray-head", "sweep", "serve"):  # the driver runs in sweep, or exec'd in head
+        environment = services[name]["environment"]
+        assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert environment["MLFLOW_TRACKING_USERNAME"] and environment["MLFLOW_TRACKING_PASSWORD"]
+    worker = services["ray-worker"]["environment"]
+    assert not {k for k in worker if k.startswith("MLFLOW_")}, worker
+
+
 def test_ray_nodes_share_storage_data_and_cluster_token(config):
     services = config["services"]
     mounts = {}
@@ -331,8 +342,6 @@ def test_ray_nodes_share_storage_data_and_cluster_token(config):
         mounts[name] = (by_target["/shared"]["source"], by_target["/data"]["source"])
         environment = services[name]["environment"]
         assert environment["RAY_AUTH_MODE"] == "token", name
-        assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
-        assert environment["MLFLOW_TRACKING_USERNAME"] and environment["MLFLOW_TRACKING_PASSWORD"]
     assert len(set(mounts.values())) == 1, mounts
     assert len({services[n]["environment"]["RAY_AUTH_TOKEN"]
                 for n in ("ray-head", "ray-worker", "sweep")}) == 1
@@ -391,7 +400,8 @@ def test_mlflow_server_runs_with_login_postgres_and_proxied_s3(config, tmp_path)
     assert "--serve-artifacts" in argv
     assert after(argv, "--artifacts-destination") == "s3://mlflow"
     environment = mlflow["environment"]
-    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    # The driver named: the `server` extra installs psycopg 3, not psycopg2.
+    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
     assert environment["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "mlflow" in environment["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     # No password on the command line (visible to `ps` on the host).
@@ -402,7 +412,7 @@ def test_mlflow_server_runs_with_login_postgres_and_proxied_s3(config, tmp_path)
     parser.read(ini)
     assert parser["mlflow"]["default_permission"] in {"READ", "EDIT", "MANAGE", "NO_PERMISSIONS"}
     uri = parser["mlflow"]["database_uri"]
-    assert uri.startswith("postgresql://") and uri.endswith("@postgres:5432/mlflow_auth")
+    assert uri.startswith("postgresql+psycopg://") and uri.endswith("@postgres:5432/mlflow_auth")
     assert environment["POSTGRES_PASSWORD"] in uri
     assert "CREATE DATABASE mlflow_auth;" in config["configs"]["postgres-auth-db"]["content"]
     assert len(environment["MLFLOW_AUTH_ADMIN_PASSWORD"]) >= 12  # MLflow's minimum

@@ -10,12 +10,20 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from captioning.captioner import Captioner
 from captioning.encoders import build_encoder
 from captioning.errors import ModelDirError
-from captioning.mlflow_model import ARTIFACT, CODE, input_example, package, signature
+from captioning.mlflow_model import (
+    ARTIFACT,
+    CODE,
+    MAX_BEAM_WIDTH,
+    input_example,
+    package,
+    signature,
+)
 from captioning.train import train_captioner
 from conftest import quick_config
 
@@ -73,16 +81,23 @@ def test_an_unreadable_image_gets_an_error_and_the_others_still_get_captions(pyf
     assert out["error"][2].startswith("row 2: ")
 
 
-def test_beam_width_is_a_parameter_with_the_models_default(pyfunc, model_dir, sample_root):
+def test_beam_width_is_a_parameter_with_the_models_default_and_a_bound(pyfunc, model_dir,
+                                                                        sample_root):
     model, _ = pyfunc
     jpegs = sorted((sample_root / "Images").glob("*.jpg"))[:4]
     frame = pd.DataFrame({"image": [p.read_bytes() for p in jpegs]})
-    greedy = Captioner.load(model_dir).caption_files(jpegs, beam_width=1)
-    assert list(model.predict(frame, params={"beam_width": 1})["caption"]) == [
-        c for _, c in greedy]
+    local = Captioner.load(model_dir)
+    assert local.config.decode.beam_width == 1
+    wide = [c for _, c in local.caption_files(jpegs, beam_width=3)]
+    assert wide != [c for _, c in local.caption_files(jpegs, beam_width=1)], \
+        "pick images whose beam-3 and greedy captions differ, or this cannot tell them apart"
+    assert list(model.predict(frame, params={"beam_width": 3})["caption"]) == wide
     params = model.metadata.get_params_schema().to_dict()
-    assert params == [{"name": "beam_width", "type": "long", "shape": None,
-                       "default": Captioner.load(model_dir).config.decode.beam_width}]
+    assert params == [{"name": "beam_width", "type": "long", "shape": None, "default": 1}]
+    for bad in (0, -2, MAX_BEAM_WIDTH + 1):
+        with pytest.raises(MlflowException, match=f"beam_width: expected 1 to "
+                                                  f"{MAX_BEAM_WIDTH}, got {bad}"):
+            model.predict(frame, params={"beam_width": bad})
 
 
 def test_the_saved_model_has_a_signature_an_input_example_and_no_pickle(pyfunc):

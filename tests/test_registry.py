@@ -144,6 +144,10 @@ def test_caption_and_evaluate_take_a_models_uri(promoted, sweep, mlflow_server, 
                  "--tracking-uri", mlflow_server]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{path}\t{caption}" for path, caption in local.caption_files(images)]
+    # The trial's own run names the same model.
+    assert main(["caption", *map(str, images), "--model", f"runs:/{sweep.best['run_id']}/model",
+                 "--tracking-uri", mlflow_server]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
 
     report = tmp_path / "report.json"
     assert main(["evaluate", "--model", f"models:/{MODEL}/1", "--tracking-uri", mlflow_server,
@@ -205,4 +209,8 @@ def test_mlflow_models_serve_captions_an_image_over_http(promoted, sweep, mlflow
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)

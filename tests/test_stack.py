@@ -74,7 +74,7 @@ def postgres():
     try:
         run(_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow",
             "mlflow", PGPASSWORD=PASSWORD)
-        yield f"postgresql://mlflow:{PASSWORD}@127.0.0.1:{port}/mlflow"
+        yield f"postgresql://mlflow:{PASSWORD}@127.0.0.1:{port}/mlflow"  # libpq's form
     finally:
         run(_postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
@@ -90,9 +90,11 @@ def mlflow_on_postgres(postgres: str):
     (basic-auth app), artifacts served by the server. Clients log in through
     MLFLOW_TRACKING_USERNAME/PASSWORD, as the compose services do."""
     root = Path(tempfile.mkdtemp(prefix="captioning-mlflow-pg-"))
-    auth_db = postgres.rsplit("/", 1)[0] + "/mlflow_auth"
-    subprocess.run(["psql", postgres, "-c", "create database mlflow_auth"], check=True,
-                   capture_output=True, timeout=60)
+    # SQLAlchemy's form names the driver the `server` extra installs (psycopg 3).
+    store = postgres.replace("postgresql://", "postgresql+psycopg://", 1)
+    auth_db = store.rsplit("/", 1)[0] + "/mlflow_auth"
+    subprocess.run([_postgres_bin("psql"), postgres, "-c", "create database mlflow_auth"],
+                   check=True, capture_output=True, timeout=60)
     (root / "basic_auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {auth_db}\n"
@@ -105,7 +107,7 @@ def mlflow_on_postgres(postgres: str):
         [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
          "--host", "127.0.0.1", "--port", str(port), "--serve-artifacts",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": postgres,
+        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": store,
              "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
              "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
              "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret-key"},
@@ -119,6 +121,7 @@ def mlflow_on_postgres(postgres: str):
         except OSError:
             if server.poll() is not None or time.time() > deadline:
                 server.kill()
+                shutil.rmtree(root, ignore_errors=True)
                 pytest.fail(f"mlflow server on PostgreSQL did not start:\n"
                             f"{(root / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
@@ -132,7 +135,11 @@ def mlflow_on_postgres(postgres: str):
         else:
             os.environ[key] = value
     server.terminate()
-    server.wait(timeout=30)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=30)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -169,7 +176,7 @@ def test_a_sweep_on_two_nodes_tracked_in_postgres_is_promoted_and_loads_by_alias
 
     # The registry lives in PostgreSQL itself, not in a file beside the server.
     query = subprocess.run(
-        ["psql", postgres, "-tAc",
+        [_postgres_bin("psql"), postgres, "-tAc",
          "select name, version from model_versions where name = 'stack-captioner'"],
         capture_output=True, text=True, timeout=60)
     assert query.stdout.split() == ["stack-captioner|1"], query.stderr
@@ -197,8 +204,8 @@ def test_compose_runs_mlflow_with_the_flags_this_test_uses():
         assert flag in script, flag
     assert "--backend-store-uri" not in script
     environment = mlflow["environment"]
-    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
     for key in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME",
                 "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert key in environment, key
-    assert "database_uri = postgresql://" in script  # users in PostgreSQL too
+    assert "database_uri = postgresql+psycopg://" in script  # users in PostgreSQL too
