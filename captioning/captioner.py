@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 MODEL_FILES = ("model.keras", "vocab.json", "config.json")
 
 
+def check_model_files(model_dir: Path) -> None:
+    """Raise ModelDirError naming the files a model directory lacks."""
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ModelDirError(f"{model_dir}: not a captioning model directory "
+                            f"(missing {', '.join(missing)})")
+
+
 def read_model_config(model_dir: Path) -> ExperimentConfig:
     """config.json of a model directory; an encoder weights file named relative to the
     directory (as in a packaged model, see `registry.package`) is resolved against it."""
@@ -50,10 +58,7 @@ class Captioner:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelDirError(f"{model_dir}: no such model directory")
-        missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
-        if missing:
-            raise ModelDirError(f"{model_dir}: not a captioning model directory "
-                                f"(missing {', '.join(missing)})")
+        check_model_files(model_dir)
         try:
             config = read_model_config(model_dir)
             vocab = Vocabulary.load(model_dir / "vocab.json")

@@ -34,7 +34,6 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from captioning.encoders import ENCODERS
-from captioning.errors import ModelDirError
 from captioning.tracking import using
 
 ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
@@ -131,13 +130,9 @@ def requirements() -> list[str]:
 def package(model_dir: Path, dest: Path) -> Path:
     """Copy what captioning needs from a model directory into `dest`: the best model, vocab,
     config and scores, and a local encoder weights file (renamed, made relative)."""
-    missing = [n for n in ("model.keras", "vocab.json", "config.json")
-               if not (model_dir / n).is_file()]
-    if missing:
-        raise ModelDirError(f"{model_dir}: not a captioning model directory "
-                            f"(missing {', '.join(missing)})")
-    from captioning.captioner import read_model_config
+    from captioning.captioner import check_model_files, read_model_config
 
+    check_model_files(model_dir)
     dest.mkdir(parents=True, exist_ok=True)
     for name in PACKAGED_FILES:
         if (model_dir / name).is_file():

@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from captioning.config import load_experiment
 from captioning.evaluate import evaluate_model
 from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG, SWEEP_TAG, using
-from conftest import REPO, free_port
+from conftest import REPO, free_port, start_service, stop_service
 
 pytestmark = pytest.mark.slow
 MODEL = "promo-captioner"
@@ -179,24 +176,14 @@ def test_mlflow_models_serve_captions_an_image_over_http(promoted, sweep, mlflow
                                                          sample_root, tmp_path):
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    log = tmp_path / "serve.log"
-    server = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    server = start_service(
         [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        f"{url}/ping", tmp_path / "serve.log", timeout=240,
         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
-             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"mlflow models serve did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
         images = sample_images(sample_root, tmp_path)
         rows = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in images]
         rows.append({"image": base64.b64encode(b"not an image").decode()})
@@ -207,10 +194,4 @@ def test_mlflow_models_serve_captions_an_image_over_http(promoted, sweep, mlflow
             {"caption": expected[0], "error": None}, {"caption": expected[1], "error": None},
             {"caption": None, "error": "row 2: not an image file PIL can read"}]}
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
+        stop_service(server)

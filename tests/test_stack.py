@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,13 +24,12 @@ import pytest
 import ray
 import yaml
 from mlflow import MlflowClient
-from ray.cluster_utils import Cluster
 
 from captioning.cli import main
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep
 from captioning.tracking import using
-from conftest import REPO, free_port
+from conftest import REPO, free_port, start_service, stop_service
 
 pytestmark = pytest.mark.slow
 PASSWORD = "test-only-password"  # a throwaway cluster that lives for this test
@@ -103,28 +101,21 @@ def mlflow_on_postgres(postgres: str):
         # on every request (PBKDF2 is slow on purpose).
         "auth_cache_ttl_seconds = 60\n")
     port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
-         "--host", "127.0.0.1", "--port", str(port), "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        env={**os.environ, "MLFLOW_BACKEND_STORE_URI": store,
-             "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-             "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret-key"},
-        stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                shutil.rmtree(root, ignore_errors=True)
-                pytest.fail(f"mlflow server on PostgreSQL did not start:\n"
-                            f"{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    try:
+        server = start_service(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name",
+             "basic-auth", "--host", "127.0.0.1", "--port", str(port), "--serve-artifacts",
+             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+            f"{url}/health", root / "server.log",
+            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": store,
+                 "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+                 "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+                 "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret-key"})
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME",
                                                   "MLFLOW_TRACKING_PASSWORD")}
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN
@@ -134,36 +125,18 @@ def mlflow_on_postgres(postgres: str):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=30)
+    stop_service(server)
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
 def test_a_sweep_on_two_nodes_tracked_in_postgres_is_promoted_and_loads_by_alias(
-        mlflow_on_postgres, postgres, two_nodes, sample_root, tmp_path, capsys):
+        mlflow_on_postgres, postgres, two_node_cluster, sample_root, tmp_path, capsys):
     config = load_experiment(REPO / "experiments" / "quickstart.yaml", [
         "name=stack", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_on_postgres}",
         f"sweep.storage_path={tmp_path / 'shared' / 'ray_results'}",
         "sweep.max_concurrent_trials=2"])
     assert len(ray.nodes()) == 2
-    result = run_sweep(config, smoke_test=True, num_samples=2, address=two_nodes.address,
+    result = run_sweep(config, smoke_test=True, num_samples=2, address=two_node_cluster.address,
                        say=lambda _: None)
     assert result.trials == 2 and result.errors == 0
 

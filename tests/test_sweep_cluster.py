@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep, train_trial
@@ -13,20 +12,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def two_nodes():
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
-def test_a_sweep_runs_trials_on_both_nodes_of_a_cluster(two_nodes, sample_root, tmp_path,
+def test_a_sweep_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, sample_root, tmp_path,
                                                        mlflow_server):
     nodes = tmp_path / "nodes"
     nodes.mkdir()
@@ -44,7 +30,7 @@ def test_a_sweep_runs_trials_on_both_nodes_of_a_cluster(two_nodes, sample_root, 
         f"sweep.storage_path={tmp_path / 'ray_results'}", "sweep.max_concurrent_trials=2"])
     assert len(ray.nodes()) == 2
     result = run_sweep(config, smoke_test=True, num_samples=2, trainable=recorded,
-                       address=two_nodes.address, say=lambda _: None)
+                       address=two_node_cluster.address, say=lambda _: None)
     assert result.trials == 2 and result.errors == 0
     used = {path.read_text() for path in nodes.iterdir()}
     assert used == {node["NodeID"] for node in ray.nodes()}
