@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -212,6 +213,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(config, experiment_path=args.experiment, search_space=args.search_space,
                        num_samples=args.num_samples, address=args.address, storage=args.storage,
                        resume=args.resume, smoke_test=args.smoke_test)
+    if result.interrupted:
+        print(f"\nsweep interrupted: {result.interrupted} trial(s) left to run; its state is "
+              f"saved in {result.sweep_dir}, finished trials are kept")
+        print(f"resume it: {_resume_command(args.argv, result.sweep_dir)}")
+        return 130
     print(f"\nsweep finished: {result.trials} trials ({result.errors} failed), "
           f"stored in {result.sweep_dir}")
     if result.best is None:
@@ -234,6 +240,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"browse the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
               "--port 5000, then open http://127.0.0.1:5000")
     return 0
+
+
+def _resume_command(argv: list[str], sweep_dir: str) -> str:
+    """The command that continues this sweep: the same arguments, --resume, and the storage
+    path written out (so it works from any folder)."""
+    argv = [a for a in argv if a != "--resume"]
+    if not any(a == "--storage" or a.startswith("--storage=") for a in argv):
+        argv += ["--storage", sweep_dir.rsplit("/", 1)[0]]
+    return shlex.join(["captioning", *argv, "--resume"])
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -285,7 +300,9 @@ COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from captioning.datasets import DatasetError
     from captioning.errors import ModelDirError, RegistryError, TrackingError
@@ -295,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, ModelDirError, RegistryError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

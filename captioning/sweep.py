@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,12 @@ from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
 from captioning.prepare import ensure_data
 from captioning.tracking import (
+    EPOCH_METRICS,
     SweepTracker,
     check_reachable,
+    fail_fast,
     flatten,
+    is_unreachable,
     resolve_tracking_uri,
     search_plot,
     temp_dir,
@@ -92,18 +98,37 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
 
 
 class MlflowTrials(tune.Callback):
-    """Mirrors Ray's trial lifecycle into MLflow runs nested under the sweep's parent run."""
+    """Mirrors Ray's trial lifecycle into MLflow runs nested under the sweep's parent run.
+
+    Every change bound for MLflow (a trial started, an epoch's metrics, a trial finished or
+    failed) is queued and sent in order. When the tracking server cannot be reached, the
+    queue is kept (in memory, and in the sweep's saved state) and sent again with exponential
+    backoff between Ray Tune's steps, so trials keep training and lose nothing; at the end of
+    the sweep it waits up to `RETRY_FOR_S` for the server to come back.
+    """
+
+    RETRY_FOR_S = 600.0
+    MAX_BACKOFF_S = 30.0
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any]):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.base = base
         self.max_epochs = int(base["train"]["epochs"])
+        self.pending: list[tuple[str, str, Any]] = []  # (kind, trial id, payload), in order
+        self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
         self._tracker: SweepTracker | None = None
         self.runs: dict[str, str] = {}
+        self._reset_backoff()
+
+    def _reset_backoff(self) -> None:
+        self._down_since: float | None = None
+        self._retry_at, self._delay = 0.0, 1.0
 
     def __getstate__(self) -> dict[str, Any]:
-        # Ray saves callbacks with the sweep's state; the MLflow client is re-made on restore.
-        return {**self.__dict__, "_tracker": None, "runs": {}}
+        # Ray saves callbacks with the sweep's state: the queue goes with it; the MLflow
+        # client is re-made, and each trial's run found again, on restore.
+        return {**self.__dict__, "_tracker": None, "runs": {}, "_down_since": None,
+                "_retry_at": 0.0, "_delay": 1.0}
 
     @property
     def tracker(self) -> SweepTracker:
@@ -111,36 +136,109 @@ class MlflowTrials(tune.Callback):
             self._tracker = SweepTracker(self.uri, self.experiment, self.parent_run_id)
         return self._tracker
 
-    def _run(self, trial: Any) -> str:
-        if trial.trial_id not in self.runs:
+    def _run_id(self, trial_id: str) -> str:
+        if trial_id not in self.runs:
+            name, params = self.names[trial_id]
+            self.runs[trial_id] = self.tracker.trial_run(trial_id, name, params)
+        return self.runs[trial_id]
+
+    def _send(self, kind: str, trial_id: str, payload: Any) -> None:
+        run_id = self._run_id(trial_id)
+        if kind == "epoch":
+            self.tracker.log_epoch(run_id, payload["metrics"], payload["timestamp_ms"])
+        elif kind == "finish":
+            folder = payload["folder"]
+            self.tracker.finish_trial(run_id, Path(folder) if folder else None,
+                                      epochs_run=payload["epochs"],
+                                      max_epochs=self.max_epochs)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+        elif kind == "fail":
+            self.tracker.fail_trial(run_id, payload)
+
+    def flush(self, wait_s: float = 0.0) -> None:
+        """Send what is queued, in order; on an unreachable server, keep it for later (up to
+        `wait_s` seconds from now, retrying with backoff, before giving up for this time)."""
+        deadline = time.monotonic() + wait_s
+        while self.pending:
+            now = time.monotonic()
+            if now < self._retry_at:
+                if self._retry_at > deadline:
+                    return
+                time.sleep(self._retry_at - now)
+            kind, trial_id, payload = self.pending[0]
+            try:
+                with fail_fast(timeout_s=60):
+                    self._send(kind, trial_id, payload)
+            except Exception as error:  # noqa: BLE001 - MLflow raises many types
+                if not is_unreachable(error):
+                    # Refused for good: say so, and let the rest through.
+                    log.warning("MLflow refused the %s of trial %s: %s", kind, trial_id,
+                                str(error).splitlines()[0][:300])
+                    self.pending.pop(0)
+                    continue
+                if self._down_since is None:
+                    self._down_since = time.time()
+                    log.warning(
+                        "MLflow tracking server %s cannot be reached (%s); trials keep "
+                        "training, their results are kept and sent again with backoff",
+                        self.uri, type(error).__name__)
+                self._retry_at = time.monotonic() + self._delay
+                self._delay = min(2 * self._delay, self.MAX_BACKOFF_S)
+                continue
+            self.pending.pop(0)
+            if self._down_since is not None and not self.pending:
+                log.warning("MLflow tracking server %s is back after %.0f s: every kept "
+                            "result is sent", self.uri, time.time() - self._down_since)
+                self._reset_backoff()
+            self._retry_at, self._delay = 0.0, 1.0
+
+    def _queue(self, kind: str, trial: Any, payload: Any = None) -> None:
+        if trial.trial_id not in self.names:
             config = spaces.apply(self.base, trial.config).to_dict()
-            self.runs[trial.trial_id] = self.tracker.trial_run(
-                trial.trial_id, trial_name(trial.config), flatten(config))
-        return self.runs[trial.trial_id]
+            self.names[trial.trial_id] = (trial_name(trial.config), flatten(config))
+        self.pending.append((kind, trial.trial_id, payload))
+        self.flush()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.pending:
+            self.flush()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if any(trial.status not in ("TERMINATED", "ERROR") for trial in trials):
+            # Stopped by Ctrl-C: the queue was saved with the sweep; --resume sends it.
+            self.flush()
+            return
+        self.flush(wait_s=self.RETRY_FOR_S)
+        if self.pending:
+            log.error("MLflow tracking server %s was unreachable for %.0f s: %d result(s) of "
+                      "this sweep were not sent to it", self.uri, self.RETRY_FOR_S,
+                      len(self.pending))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run(trial)
+        self._queue("start", trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        self.tracker.log_epoch(self._run(trial), result)
+        metrics = {k: result[k] for k in ("epoch", *EPOCH_METRICS) if k in result}
+        self._queue("epoch", trial, {"metrics": metrics,
+                                     "timestamp_ms": int(result.get("timestamp", time.time())
+                                                         * 1000)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run(trial)
+        folder = None
+        if trial.checkpoint is not None:
+            # A copy of its own: the MLflow model may be sent after Ray has moved on.
+            folder = trial.checkpoint.to_directory(
+                tempfile.mkdtemp(prefix=f"captioning-{trial.trial_id}-"))
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            self.tracker.finish_trial(run_id, None, epochs_run=epochs, max_epochs=self.max_epochs)
-            return
-        with checkpoint.as_directory() as folder:
-            self.tracker.finish_trial(run_id, Path(folder), epochs_run=epochs,
-                                      max_epochs=self.max_epochs)
+        self._queue("finish", trial, {"folder": folder, "epochs": epochs})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = ""
         if trial.error_file and os.path.exists(trial.error_file):
             error = Path(trial.error_file).read_text(encoding="utf-8", errors="replace")
-        self.tracker.fail_trial(self._run(trial), error or "trial failed")
+        self._queue("fail", trial, error or "trial failed")
 
 
 @dataclass
@@ -154,6 +252,28 @@ class SweepResult:
     # Per trial: trial_id, config, epochs run, features_extracted (0 or 1), start and end
     # (seconds since the epoch).
     timeline: list[dict[str, Any]]
+    interrupted: int = 0  # trials left to run when Ctrl-C stopped the sweep
+
+
+def check_gpus(share: float, *, cluster: bool) -> None:
+    """Refuse a GPU share no node has (on a cluster: warn, its autoscaler may add one)."""
+    if share > 1 and not float(share).is_integer():
+        raise ConfigError(f"sweep.resources.gpu: {share:g} is neither a share of one GPU (at "
+                          "most 1) nor a whole number of GPUs")
+    if share <= 0:
+        return
+    most = max((node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]),
+               default=0.0)
+    if share <= most:
+        return
+    if cluster:
+        log.warning("sweep.resources.gpu: each trial asks for %g GPU(s) and no node of the "
+                    "Ray cluster has that many now; trials wait until one joins", share)
+        return
+    raise ConfigError(f"sweep.resources.gpu: each trial asks for {share:g} GPU(s) but this "
+                      f"machine has {most:g}; set sweep.resources.gpu=0 to train on the CPU"
+                      + (", or a share such as 0.5 to put several trials on one GPU"
+                         if most else ""))
 
 
 def _smoke(config: ExperimentConfig) -> ExperimentConfig:
@@ -204,6 +324,12 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     space = spaces.load_search_space(space_path, config)
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
+    # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
+    # "snapshotting may become a bottleneck" warning would drown the progress table.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    check_gpus(config.sweep.resources.gpu, cluster=address is not None)
 
     storage_path = _storage(config, storage)
     sweep_dir = f"{storage_path}/{config.name}"
@@ -220,11 +346,6 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         update={"root": Path(config.data.root).resolve()})})
     base = config.to_dict()
 
-    # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
-    # "snapshotting may become a bottleneck" warning would drown the progress table.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
     tracker = SweepTracker(uri, config.name)
     if resume:
         # The sweep's own state is Ray's, in its storage (any file system or bucket); the
@@ -283,7 +404,17 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base)],
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray Tune took over
+        tracker.interrupted()
+        raise
+    # Ray Tune stops on Ctrl-C (SIGINT) and saves the sweep's state for --resume.
+    unfinished = config.sweep.num_samples - results.num_terminated - results.num_errors
+    if unfinished > 0:
+        tracker.interrupted()
+        return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
+                           results.num_errors, [], interrupted=unfinished)
 
     runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
             for run in tracker.child_runs()}

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 
 from captioning.errors import TrackingError
 
@@ -37,12 +38,13 @@ def resolve_tracking_uri(configured: str | None) -> str:
 
 
 @contextmanager
-def _fail_fast():
-    """MLflow retries HTTP calls for minutes by default; a start-up probe should not."""
+def fail_fast(timeout_s: int = 5):
+    """MLflow retries an HTTP call for minutes by default, blocking its caller; within this,
+    a call to a dead server fails at once (and one to a hung server after `timeout_s`)."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                             "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
     try:
         yield
     finally:
@@ -85,7 +87,7 @@ def using(uri: str):
 def check_reachable(uri: str) -> None:
     """Raise TrackingError now, before any trial runs, if `uri` cannot be used."""
     try:
-        with _fail_fast():
+        with fail_fast():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises several types for a dead server
         reason = str(error).splitlines()[0][:200]
@@ -93,6 +95,24 @@ def check_reachable(uri: str) -> None:
             f"MLflow tracking server {uri} cannot be reached ({type(error).__name__}: "
             f"{reason}); start it (mlflow server --host 127.0.0.1 --port 5000) or set "
             f"sweep.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the tracking server could not be reached or was not ready (worth
+    retrying later), rather than that it refused the request."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError
+                      | TimeoutError):
+            return True
+        if (isinstance(seen, MlflowException)
+                and seen.get_http_status_code() in (429, 502, 503, 504)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -148,11 +168,14 @@ class SweepTracker:
         return self.parent_run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        for key, value in params.items():
-            self.client.log_param(run_id, key, _param_value(value))
+        """Log `params` (again: the same value twice is allowed), 100 per request."""
+        items = [Param(key, _param_value(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
 
     def trial_run(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
-        """The child run of a trial: found again on resume, so every trial shows once."""
+        """The child run of a trial: found again on resume or retry, so every trial shows
+        once."""
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
@@ -161,18 +184,22 @@ class SweepTracker:
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=name,
-            tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id})
-        self.log_params(run.info.run_id, params)
-        return run.info.run_id
+        else:
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=name,
+                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id}
+            ).info.run_id
+        self.log_params(run_id, params)  # again if found: a retry may have been cut short
+        return run_id
 
-    def log_epoch(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+    def log_epoch(self, run_id: str, metrics: Mapping[str, Any],
+                  timestamp_ms: int | None = None) -> None:
+        """One epoch's metrics in one request, stamped with when the trial reported them."""
         step = int(metrics["epoch"])
-        for name in EPOCH_METRICS:
-            if name in metrics:
-                self.client.log_metric(run_id, name, float(metrics[name]), step=step)
+        stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[
+            Metric(name, float(metrics[name]), stamp, step)
+            for name in EPOCH_METRICS if name in metrics])
 
     def finish_trial(self, run_id: str, checkpoint_dir: Path | None, *, epochs_run: int,
                      max_epochs: int) -> None:
@@ -193,15 +220,19 @@ class SweepTracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
 
     def _log_model(self, run_id: str, checkpoint_dir: Path) -> None:
-        """The trial's best epoch as an MLflow model; a failure is tagged, not raised, so one
-        bad trial cannot stop the sweep."""
+        """The trial's best epoch as an MLflow model, once; a failure is tagged, not raised,
+        so one bad trial cannot stop the sweep (an unreachable server is raised: retry)."""
         from captioning.mlflow_model import log_captioner
 
+        if MODEL_TAG in self.client.get_run(run_id).data.tags:
+            return  # logged before an interruption
         try:
             metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
             model_id = log_captioner(self.uri, run_id, checkpoint_dir,
                                      step=int(metrics["epoch"]))
         except Exception as error:  # noqa: BLE001 - reported on the run, the sweep goes on
+            if is_unreachable(error):
+                raise
             log.warning("run %s: could not log its model: %s", run_id, error)
             self.client.set_tag(run_id, "model_error", f"{type(error).__name__}: {error}"[:5000])
             return
@@ -223,6 +254,19 @@ class SweepTracker:
         if plot is not None:
             self.client.log_artifact(self.parent_run_id, str(plot), "search")
         self.client.set_terminated(self.parent_run_id, status=status)
+
+    def interrupted(self) -> None:
+        """Mark the sweep and its unfinished trials KILLED (a resume marks them RUNNING)."""
+        if self.parent_run_id is None:
+            return
+        try:
+            with fail_fast():
+                for run in self.child_runs():
+                    if run.info.status == "RUNNING":
+                        self.client.set_terminated(run.info.run_id, status="KILLED")
+                self.client.set_terminated(self.parent_run_id, status="KILLED")
+        except Exception as error:  # noqa: BLE001 - the sweep is stopping anyway
+            log.warning("could not mark the sweep KILLED in MLflow: %s", error)
 
     def child_runs(self) -> list[Any]:
         return self.client.search_runs(

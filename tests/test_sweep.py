@@ -12,7 +12,7 @@ import ray
 from mlflow import MlflowClient
 
 from captioning.config import load_experiment
-from captioning.sweep import run_sweep, train_trial
+from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG
 from conftest import REPO, free_port
 
@@ -109,47 +109,11 @@ def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep
     assert len(result.timeline) > len(encoders)  # some trials reused another's features
 
 
-def test_a_trial_that_raises_on_its_first_attempt_is_retried(sample_root, tmp_path,
-                                                             mlflow_server, local_ray):
-    marks = tmp_path / "attempts"
-    marks.mkdir()
-
-    def flaky(drawn, base):
-        from ray import tune
-
-        mark = marks / tune.get_context().get_trial_id()
-        if not mark.exists():
-            mark.touch()
-            raise RuntimeError("injected failure on the first attempt")
-        train_trial(drawn, base)
-
-    config = experiment(sample_root, tmp_path, mlflow_server, "flaky")
-    result = run_sweep(config, smoke_test=True, num_samples=2, trainable=flaky,
-                       say=lambda _: None)
-    assert result.errors == 0 and result.trials == 2
-    assert len(list(marks.iterdir())) == 2
-    runs = children(mlflow_server, result.parent_run_id)
-    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]
-
-
-def test_a_trial_that_keeps_failing_is_marked_failed_with_its_error(sample_root, tmp_path,
-                                                                   mlflow_server, local_ray):
-    def broken(drawn, base):
-        raise RuntimeError("injected failure every time")
-
-    config = experiment(sample_root, tmp_path, mlflow_server, "broken", "sweep.max_failures=1")
-    result = run_sweep(config, smoke_test=True, num_samples=1, trainable=broken,
-                       say=lambda _: None)
-    assert result.errors == 1 and result.best is None
-    [run] = children(mlflow_server, result.parent_run_id)
-    assert run.info.status == "FAILED"
-    assert "injected failure every time" in run.data.tags["error"]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "captioning.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def test_a_bad_search_space_fails_fast_with_one_line_naming_it(tmp_path):
@@ -170,6 +134,22 @@ def test_an_unknown_encoder_in_the_space_is_refused(tmp_path):
                      "--experiment", str(REPO / "experiments" / "quickstart.yaml"), cwd=tmp_path)
     assert result.returncode == 2
     assert "encoder.name: unknown encoder 'vgg99'" in result.stderr
+
+
+@pytest.mark.parametrize(("share", "message"), [
+    ("1", "sweep.resources.gpu: each trial asks for 1 GPU(s) but this machine has 0; set "
+          "sweep.resources.gpu=0 to train on the CPU"),
+    ("1.5", "sweep.resources.gpu: 1.5 is neither a share of one GPU (at most 1) nor a whole "
+            "number of GPUs"),
+])
+def test_a_gpu_share_no_gpu_here_can_give_is_refused_before_any_work(tmp_path, share, message):
+    result = run_cli("sweep", "--set", f"sweep.resources.gpu={share}",
+                     "--set", f"sweep.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                     "--storage", str(tmp_path / "ray_results"), cwd=REPO,
+                     env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a machine with one
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert not (tmp_path / "ray_results").exists()
 
 
 def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
