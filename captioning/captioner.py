@@ -15,7 +15,7 @@ from captioning.encoders import ENCODERS, build_encoder
 from captioning.errors import ModelDirError
 from captioning.features import encode_images
 from captioning.images import ImageError, ImageSource
-from captioning.model import StepDecoder, load_keras_model
+from captioning.model import StepDecoder, captioner_problem, load_keras_model
 from captioning.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class Captioner:
     def load(cls, model_dir: Path | str) -> Captioner:
         """Read model.keras (safe mode), vocab.json and config.json from `model_dir`."""
         model_dir = Path(model_dir)
+        if model_dir.is_file():
+            raise ModelDirError(f"{model_dir}: a file, not a model directory; give the folder "
+                                f"that holds {', '.join(MODEL_FILES)}")
         if not model_dir.is_dir():
             raise ModelDirError(f"{model_dir}: no such model directory")
         check_model_files(model_dir)
@@ -64,15 +67,26 @@ class Captioner:
             vocab = Vocabulary.load(model_dir / "vocab.json")
         except (ConfigError, ValueError, OSError) as error:
             raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
+        path = model_dir / "model.keras"
         try:
-            model = load_keras_model(model_dir / "model.keras")
+            model = load_keras_model(path)
         except Exception as error:  # Keras raises many types for foreign or broken files
-            raise ModelDirError(f"{model_dir / 'model.keras'}: cannot load it as a captioning "
-                                f"model ({type(error).__name__}: {error})") from None
+            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            raise ModelDirError(f"{path}: cannot load it as a captioning model "
+                                f"({type(error).__name__}: {reason})") from None
+        problem = captioner_problem(model)
+        if problem:
+            raise ModelDirError(f"{path}: not a captioning model: {problem}")
         if model.output_shape[-1] != len(vocab):
             raise ModelDirError(f"{model_dir}: model predicts {model.output_shape[-1]} words "
                                 f"but vocab.json has {len(vocab)}")
-        return cls(model_dir, config, vocab, StepDecoder(model))
+        try:
+            decoder = StepDecoder(model)
+        except Exception as error:  # layers of our names but not of our kinds or shapes
+            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            raise ModelDirError(f"{path}: not a captioning model: its layers do not make a "
+                                f"step decoder ({type(error).__name__}: {reason})") from None
+        return cls(model_dir, config, vocab, decoder)
 
     def caption_features(self, features: np.ndarray, beam_width: int | None = None
                          ) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -243,12 +244,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _resume_command(argv: list[str], sweep_dir: str) -> str:
-    """The command that continues this sweep: the same arguments, --resume, and the storage
-    path written out (so it works from any folder)."""
+    """The command that continues this sweep: the same arguments and --resume, run from this
+    folder (relative paths in them stay right), with the storage path written out."""
     argv = [a for a in argv if a != "--resume"]
     if not any(a == "--storage" or a.startswith("--storage=") for a in argv):
         argv += ["--storage", sweep_dir.rsplit("/", 1)[0]]
-    return shlex.join(["captioning", *argv, "--resume"])
+    return f"cd {shlex.quote(os.getcwd())} && {shlex.join(['captioning', *argv, '--resume'])}"
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -305,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from captioning.datasets import DatasetError
-    from captioning.errors import ModelDirError, RegistryError, TrackingError
+    from captioning.errors import ModelDirError, RegistryError, TrackingError, WriteError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelDirError, RegistryError, TrackingError) as error:
+    except (ConfigError, DatasetError, ModelDirError, RegistryError, TrackingError,
+            WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

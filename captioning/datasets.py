@@ -147,7 +147,8 @@ def load_dataset(
     Captions of missing image files, empty captions and images outside every split list are
     dropped, recorded in ``Dataset.skipped`` and logged as one warning.
 
-    Raises :class:`DatasetError` when nothing usable is found or a file is malformed.
+    Raises :class:`DatasetError` when nothing usable is found, a split list names no usable
+    image, or a file is malformed.
     """
     root = Path(root)
     if format != "auto" and format not in FORMATS:
@@ -199,6 +200,8 @@ def load_dataset(
             f"{source}: no usable captions: none of the {len(raw)} images it names is a file in "
             f"{image_dir} with a non-empty caption (skipped: {dict(reasons)})"
         )
+    if layout == "token" and listed is not None:
+        _check_split_lists(source, listed, splits, raw)
     skipped_rows = tuple(skipped)
     _log_skipped(root, skipped_rows)
     return Dataset(
@@ -433,6 +436,29 @@ def _apply_split_lists(
         if name not in placed:
             skipped.append(Skipped(name, "in no split list", len(captions[name])))
     return splits, skipped
+
+
+def _check_split_lists(
+    source: Path,
+    listed: dict[str, list[str]],
+    splits: dict[str, list[str]],
+    raw: dict[str, list[str]],
+) -> None:
+    """Raise DatasetError for a split list that names images of which not one can be used.
+
+    Such a list is the wrong file (another dataset's list, or the images are elsewhere); some
+    unusable names in a list are only skipped and reported.
+    """
+    for split, names in listed.items():
+        if not names or splits[split]:
+            continue
+        unnamed = sum(1 for name in names if name not in raw)
+        raise DatasetError(
+            f"{source.parent / SPLIT_LISTS[split]}: none of its {len(names)} images can be used "
+            f"({unnamed} not in {source.name}, {len(names) - unnamed} without an image file or "
+            f"a non-empty caption), e.g. {names[0]}; fix the list, or remove the split lists "
+            "to split the images by data.split_seed"
+        )
 
 
 def _seeded_split(names: list[str], seed: int) -> dict[str, list[str]]:

@@ -14,3 +14,8 @@ class TrackingError(RuntimeError):
 
 class RegistryError(ValueError):
     """A model cannot be promoted or fetched; the message names the sweep, run or URI."""
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, no permission); the message names the file and
+    says what was kept. The file it was to replace is unchanged."""

@@ -2,23 +2,25 @@
 
 The cache is shared by every run and every sweep trial. A file lock serialises extraction, so
 when two processes ask at once one extracts and the other waits and then reads the result;
-files are written under a temporary name and renamed, so a half-written file is never read.
-Unreadable images are skipped and reported, never a crash halfway through.
+files are written under a temporary name and renamed, so a half-written file is never read,
+and a write that fails (disk full) raises WriteError naming the file, leaving the cache as it
+was. Unreadable images are skipped and reported, never a crash halfway through.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from filelock import FileLock
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from captioning.config import EncoderConfig
 from captioning.encoders import ENCODERS, RANDOM_WEIGHTS_SEED, build_encoder
+from captioning.errors import WriteError
 from captioning.images import ImageError, ImageSource, load_image
 
 log = logging.getLogger(__name__)
@@ -83,17 +86,42 @@ def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> 
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` under a temp name beside it, flushed to disk, then rename it into place.
+
+    Raises WriteError naming `path` if any step fails; the temp file is removed and whatever
+    `path` held before is unchanged.
+    """
+    tmp = None
     try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteError(f"could not write feature cache file {path}: "
+                             f"{error.strerror or error}; the cache is as it was (free space "
+                             f"there, or point encoder.cache_dir or CAPTIONING_CACHE_DIR "
+                             f"elsewhere)") from error
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def _npy_bytes(array: np.ndarray) -> memoryview:
+    # Through memory: np.save into a file reports a full disk as "n requested and m written",
+    # with no errno to say why.
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getbuffer()
 
 
 def decoded_batches(sources: Sequence[ImageSource], size: int, batch_size: int, workers: int,
@@ -193,10 +221,18 @@ def load_or_extract(encoder_config: EncoderConfig, image_dir: Path, names: Seque
             return FeatureSet(index["names"], array, index["skipped"], array_path, False)
         log.info("extracting %s features of %d images into %s", encoder_config.name,
                  len(names), array_path)
+        # Temp files of this entry left by a writer that was killed: nobody else writes here.
+        for target in (index_path, array_path):
+            for stale in cache_dir.glob(f".{target.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         array, kept, skipped = extract(encoder_config, image_dir, names, progress)
         index = {"format": CACHE_FORMAT, "encoder": encoder_config.name,
                  "weights": encoder_config.weights, "names": kept, "skipped": skipped}
         # The index goes first: the .npy appearing is what marks the entry complete.
         _atomic_write(index_path, lambda s: s.write(json.dumps(index).encode()))
-        _atomic_write(array_path, lambda s: np.save(s, array, allow_pickle=False))
+        try:
+            _atomic_write(array_path, lambda s: s.write(_npy_bytes(array)))
+        except WriteError:
+            index_path.unlink(missing_ok=True)  # no half an entry behind
+            raise
         return FeatureSet(kept, array, skipped, array_path, True)

@@ -163,6 +163,23 @@ class StepDecoder:
         return np.asarray(logits), np.asarray(h), np.asarray(c)
 
 
+# The layers StepDecoder reuses, by the names build_model gives them.
+DECODER_LAYERS = ("image_norm", "image_dense", "embedding", "lstm", "merge", "decoder_dense",
+                  "logits")
+
+
 def load_keras_model(path: Path) -> keras.Model:
     """Load a saved `.keras` captioner in safe mode: no code from the file is executed."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def captioner_problem(model: keras.Model) -> str | None:
+    """Why `model` is not a merge captioner built by `build_model`, or None if it is one."""
+    names = [layer.name for layer in model.layers]
+    missing = [name for name in DECODER_LAYERS if name not in names]
+    if missing:
+        found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        return f"it has no {', '.join(missing)} layer (its layers: {found or 'none'})"
+    if len(model.inputs) != 2:
+        return f"it takes {len(model.inputs)} inputs, not (image features, tokens)"
+    return None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioning.config import ExperimentConfig
-from captioning.datasets import Dataset, load_dataset
+from captioning.datasets import Dataset, DatasetError, load_dataset
 from captioning.features import FeatureSet, load_or_extract
 from captioning.sample_data import draw_sample_dataset
 from captioning.text import Vocabulary
@@ -41,12 +41,17 @@ def prepare(config: ExperimentConfig, *, progress: bool = True,
             say: Callable[[str], None] = log.info) -> Prepared:
     """Load the dataset, extract (or reuse) features for every image, build the vocabulary.
 
-    The vocabulary sees training captions only, so no test caption can leak into it.
+    The vocabulary sees training captions only, so no test caption can leak into it. Raises
+    DatasetError when the dataset cannot be read, or when not one of its images can be.
     """
     root = ensure_data(config, say)
     dataset = load_dataset(root, config.data.format, split_seed=config.data.split_seed,
                            keep_one_letter_words=config.data.keep_one_letter_words)
     features = load_or_extract(config.encoder, dataset.image_dir, dataset.images(), progress)
+    if features.skipped and not features.names:
+        name, why = next(iter(features.skipped.items()))
+        raise DatasetError(f"{dataset.image_dir}: none of the {len(features.skipped)} images "
+                           f"could be read (e.g. {name}: {why})")
     if features.skipped:
         dataset = dataset.without(
             {name: f"image not used: {why}" for name, why in features.skipped.items()})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -211,4 +212,18 @@ def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
     for candidate in (local, local / "artifacts" / ARTIFACT):
         if (candidate / "model.keras").is_file():
             return candidate
-    raise RegistryError(f"{model}: not a captioning model (no model.keras in it)")
+    raise RegistryError(f"{model}: not a captioning model (no model.keras in it; "
+                        f"{_what_it_is(local)})")
+
+
+def _what_it_is(local: Path) -> str:
+    """What a downloaded model that is not ours is, read from its MLmodel file (YAML only:
+    nothing of it is loaded or run)."""
+    try:
+        meta = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "no MLmodel file either"
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    if not isinstance(flavors, dict) or not flavors:
+        return "its MLmodel names no flavor"
+    return f"its MLmodel flavors: {', '.join(sorted(flavors))}"

@@ -11,11 +11,14 @@ A space maps experiment keys (the dotted keys of `--set`) to one distribution ea
       when: {embedding: "spacy:en_core_web_md"}
 
 Every key and every value a key can take is checked against the experiment config before Ray
-starts, so an unknown encoder or a bound the wrong way round is a one-line error naming it.
+starts, so an unknown encoder or a bound the wrong way round is a one-line error naming it. A
+spaCy model that a trial may use but this machine does not have is a warning, not an error: on
+a cluster, the workers that train may have it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from captioning.config import ConfigError, ExperimentConfig, apply_overrides, parse_config
+
+log = logging.getLogger(__name__)
 
 
 class Param(BaseModel):
@@ -137,4 +142,21 @@ def load_search_space(path: Path | str, base: ExperimentConfig) -> SearchSpace:
         for other in (params[key].when or {}):
             if other not in params:
                 raise ConfigError(f"{where}: 'when' names {other}, which is not drawn before it")
+    embeddings = params["embedding"].edge_values() if "embedding" in params else [base.embedding]
+    for model in missing_spacy_models(embeddings):
+        log.warning("%s: embedding: spaCy model %r is not installed here; trials that use it "
+                    "will fail unless the machines that train have it (python -m spacy download "
+                    "%s)", path, model, model)
     return SearchSpace(params, str(path))
+
+
+def missing_spacy_models(embeddings: list[Any]) -> list[str]:
+    """The spaCy models named by `embeddings` ("spacy:<name or path>") that this machine has
+    neither as an installed package nor as a directory; found without loading them."""
+    names = [str(e).removeprefix("spacy:") for e in embeddings if str(e).startswith("spacy:")]
+    if not names:
+        return []
+    import spacy.util
+
+    return [name for name in dict.fromkeys(names)
+            if not spacy.util.is_package(name) and not Path(name).expanduser().is_dir()]

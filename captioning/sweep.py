@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from captioning.tracking import (
     resolve_tracking_uri,
     search_plot,
     temp_dir,
+    tracking_failure,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
         release()
 
 
+def finished(last_result: dict[str, Any] | None, failed: bool) -> bool:
+    """Whether a trial is over: it failed, or its last result says done (it returned, or ASHA
+    stopped it); a trial ended by Ctrl-C is neither."""
+    return failed or bool((last_result or {}).get("done"))
+
+
 class MlflowTrials(tune.Callback):
     """Mirrors Ray's trial lifecycle into MLflow runs nested under the sweep's parent run.
 
@@ -104,11 +111,13 @@ class MlflowTrials(tune.Callback):
     failed) is queued and sent in order. When the tracking server cannot be reached, the
     queue is kept (in memory, and in the sweep's saved state) and sent again with exponential
     backoff between Ray Tune's steps, so trials keep training and lose nothing; at the end of
-    the sweep it waits up to `RETRY_FOR_S` for the server to come back.
+    the sweep it waits up to `RETRY_FOR_S` for the server to come back. The queue is part of
+    the state Ray Tune saves with the sweep (get_state), so a --resume sends what was left.
     """
 
     RETRY_FOR_S = 600.0
     MAX_BACKOFF_S = 30.0
+    TIMEOUT_S = 30  # a server that accepts but does not answer holds the driver this long
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any]):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
@@ -125,10 +134,17 @@ class MlflowTrials(tune.Callback):
         self._retry_at, self._delay = 0.0, 1.0
 
     def __getstate__(self) -> dict[str, Any]:
-        # Ray saves callbacks with the sweep's state: the queue goes with it; the MLflow
-        # client is re-made, and each trial's run found again, on restore.
+        # Pickled into the sweep's tuner.pkl at its start; the MLflow client is re-made, and
+        # each trial's run found again, on restore.
         return {**self.__dict__, "_tracker": None, "runs": {}, "_down_since": None,
                 "_retry_at": 0.0, "_delay": 1.0}
+
+    def get_state(self) -> dict[str, Any]:
+        """Saved by Ray Tune with every snapshot of the sweep's state."""
+        return {"pending": list(self.pending), "names": dict(self.names)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.pending, self.names = list(state["pending"]), dict(state["names"])
 
     @property
     def tracker(self) -> SweepTracker:
@@ -147,12 +163,14 @@ class MlflowTrials(tune.Callback):
         if kind == "epoch":
             self.tracker.log_epoch(run_id, payload["metrics"], payload["timestamp_ms"])
         elif kind == "finish":
-            folder = payload["folder"]
-            self.tracker.finish_trial(run_id, Path(folder) if folder else None,
-                                      epochs_run=payload["epochs"],
-                                      max_epochs=self.max_epochs)
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
+            checkpoint = payload["checkpoint"]  # Ray keeps a finished trial's last checkpoint
+            if checkpoint is None:
+                self.tracker.finish_trial(run_id, None, epochs_run=payload["epochs"],
+                                          max_epochs=self.max_epochs)
+                return
+            with checkpoint.as_directory() as folder:
+                self.tracker.finish_trial(run_id, Path(folder), epochs_run=payload["epochs"],
+                                          max_epochs=self.max_epochs)
         elif kind == "fail":
             self.tracker.fail_trial(run_id, payload)
 
@@ -168,7 +186,7 @@ class MlflowTrials(tune.Callback):
                 time.sleep(self._retry_at - now)
             kind, trial_id, payload = self.pending[0]
             try:
-                with fail_fast(timeout_s=60):
+                with fail_fast(timeout_s=self.TIMEOUT_S):
                     self._send(kind, trial_id, payload)
             except Exception as error:  # noqa: BLE001 - MLflow raises many types
                 if not is_unreachable(error):
@@ -205,8 +223,8 @@ class MlflowTrials(tune.Callback):
             self.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if any(trial.status not in ("TERMINATED", "ERROR") for trial in trials):
-            # Stopped by Ctrl-C: the queue was saved with the sweep; --resume sends it.
+        if not all(finished(trial.last_result, trial.status == "ERROR") for trial in trials):
+            # Stopped by Ctrl-C: one try, no wait; --resume sends what is left.
             self.flush()
             return
         self.flush(wait_s=self.RETRY_FOR_S)
@@ -226,13 +244,8 @@ class MlflowTrials(tune.Callback):
                                                          * 1000)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        folder = None
-        if trial.checkpoint is not None:
-            # A copy of its own: the MLflow model may be sent after Ray has moved on.
-            folder = trial.checkpoint.to_directory(
-                tempfile.mkdtemp(prefix=f"captioning-{trial.trial_id}-"))
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self._queue("finish", trial, {"folder": folder, "epochs": epochs})
+        self._queue("finish", trial, {"checkpoint": trial.checkpoint, "epochs": epochs})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = ""
@@ -404,20 +417,28 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base)],
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         results = tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray Tune took over
         tracker.interrupted()
         raise
-    # Ray Tune stops on Ctrl-C (SIGINT) and saves the sweep's state for --resume.
-    unfinished = config.sweep.num_samples - results.num_terminated - results.num_errors
+    finally:
+        # Ray Tune's own Ctrl-C handler outlives fit() until a first Ctrl-C: put ours back.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
+    # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
+    # for --resume: a trial is done only if it said so (finished or stopped by ASHA) or failed.
+    unfinished = config.sweep.num_samples - sum(
+        finished(result.metrics, result.error is not None) for result in results)
     if unfinished > 0:
         tracker.interrupted()
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
                            results.num_errors, [], interrupted=unfinished)
 
-    runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
-            for run in tracker.child_runs()}
+    with tracking_failure(uri, f"the sweep ended (its results are in {sweep_dir})"):
+        runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
+                for run in tracker.child_runs()}
     best = _best(results, config.sweep.metric, config.sweep.mode, runs)
     rows, timeline = [], []
     for result in results:
@@ -436,6 +457,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                      else frame[config.sweep.metric].min())
             rows.append({"params": dict(result.config), "value": float(value)})
     plot = search_plot(rows, config.sweep.metric, temp_dir() / "search.png")
-    tracker.finish_parent(best, plot)
+    with tracking_failure(uri, f"the sweep ended (its results are in {sweep_dir})"):
+        tracker.finish_parent(best, plot)
     return SweepResult(sweep_dir, uri, tracker.parent_run_id, best, len(results),
                        results.num_errors, timeline)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus
 
 from captioning.errors import TrackingError
 
@@ -101,18 +101,28 @@ def is_unreachable(error: BaseException) -> bool:
     """Whether `error` says the tracking server could not be reached or was not ready (worth
     retrying later), rather than that it refused the request."""
     import requests
-    from mlflow.exceptions import MlflowException
 
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError
-                      | TimeoutError):
-            return True
-        if (isinstance(seen, MlflowException)
-                and seen.get_http_status_code() in (429, 502, 503, 504)):
+        # RetryError: the server answered 429 or 5xx (busy, starting, behind a proxy), which
+        # MLflow would retry by itself with its retries on.
+        if isinstance(seen, requests.ConnectionError | requests.Timeout
+                      | requests.exceptions.RetryError | ConnectionError | TimeoutError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+@contextmanager
+def tracking_failure(uri: str, done: str):
+    """Turn an MLflow failure into a TrackingError that says what was `done` already."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        reason = str(error).splitlines()[0][:200]
+        raise TrackingError(f"{done}, but MLflow at {uri} failed: {reason}") from None
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -226,6 +236,12 @@ class SweepTracker:
 
         if MODEL_TAG in self.client.get_run(run_id).data.tags:
             return  # logged before an interruption
+        logged = [m for m in self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+            if m.status == LoggedModelStatus.READY]
+        if logged:  # uploaded, but the server went away before the tag was set
+            self.client.set_tag(run_id, MODEL_TAG, logged[0].model_id)
+            return
         try:
             metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
             model_id = log_captioner(self.uri, run_id, checkpoint_dir,

@@ -10,6 +10,10 @@ The best epoch (by train.monitor) is kept as a model directory:
     vocab.json    the vocabulary
     config.json   the resolved experiment config
     metrics.json  the best epoch's metrics; history.json every epoch's
+
+An epoch's files are written under temp names first and renamed into place only once all are
+written, so the directory never mixes two epochs: if the disk fills, WriteError names the file
+and the previous epoch's checkpoint is left as it was.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import numpy as np
 
 from captioning.batches import CaptionBatches, encode_captions
 from captioning.config import ExperimentConfig, save_config
+from captioning.datasets import DatasetError
 from captioning.decode import generate
 from captioning.embeddings import load_vectors, spacy_embedding_matrix
+from captioning.errors import WriteError
 from captioning.model import StepDecoder, build_model, compile_model
 from captioning.prepare import Prepared, prepare
 from captioning.scores import caption_scores, strip_markers
@@ -37,6 +43,7 @@ from captioning.scores import caption_scores, strip_markers
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float], Path], None]
+FileWriter = Callable[[Path], None]  # writes one file's content to the path it is given
 
 
 @dataclass
@@ -92,32 +99,75 @@ class _EpochEnd(keras.callbacks.Callback):
                                                          strict=True)))
             logs.update({f"val_{name}": value for name, value in scores.items()})
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-        self.history.append(metrics)
-        if self._improved(metrics):
-            self.best = metrics
-            _save_model(self.model, self.model_dir / "model.keras")
-            _write_json(self.model_dir / "metrics.json", metrics)
+        history = [*self.history, metrics]
+        improved = self._improved(metrics)
+        files: dict[str, FileWriter] = {}
+        if improved:
+            files["model.keras"] = self.model.save
             if self.score_images:
-                _write_json(self.model_dir / "samples.json", [
+                files["samples.json"] = _json([
                     {"image": name, "prediction": caption,
                      "references": [strip_markers(r) for r in references[name]]}
                     for name, caption in zip(self.score_images, captions, strict=True)][:50])
-        _save_model(self.model, self.model_dir / "last.keras")
-        _write_json(self.model_dir / "history.json", self.history)
+            files["metrics.json"] = _json(metrics)
+        files["last.keras"] = self.model.save
+        files["history.json"] = _json(history)  # last: resume reads how far training got here
+        _write_together(self.model_dir, files, self._kept())
+        self.history = history
+        if improved:
+            self.best = metrics
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics, self.model_dir)
 
+    def _kept(self) -> str:
+        """What a failed write leaves in the model directory, for the error message."""
+        if not self.history:
+            return "no earlier epoch was saved"
+        last = int(self.history[-1]["epoch"])
+        best = int(self.best["epoch"]) if self.best is not None else last
+        if best == last:
+            return f"the previous checkpoint (epoch {best}) is intact"
+        return f"the previous checkpoint (best epoch {best}, last epoch {last}) is intact"
 
-def _save_model(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)  # never a half-written model
+
+def _json(data: object) -> FileWriter:
+    return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _fsync(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)  # a file or a directory
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _write_together(model_dir: Path, files: dict[str, FileWriter], kept: str) -> None:
+    """Write `files` (name in `model_dir` -> writer) so the directory holds all old or all new.
+
+    Each file is written to a temp name beside its target and flushed to disk; only when all are
+    written are they renamed into place, in the order given. If a write fails (disk full), the
+    temp files are removed, the old files are untouched, and WriteError names the file that
+    failed and adds `kept`, what the directory still holds.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in files.items():
+            path = model_dir / name
+            tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # Keras wants .keras
+            staged.append((tmp, path))
+            write(tmp)
+            _fsync(tmp)
+    except BaseException as error:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteError(f"could not write checkpoint {staged[-1][1]}: "
+                             f"{error.strerror or error}; {kept}") from error
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    _fsync(model_dir)  # the renames themselves survive a power cut
 
 
 def default_model_dir(config: ExperimentConfig) -> Path:
@@ -140,12 +190,17 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     prepared = prepared or prepare(config)
     model_dir = Path(model_dir or default_model_dir(config))
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, model_dir / "config.json")
-    prepared.vocab.save(model_dir / "vocab.json")
+    _write_together(model_dir, {"config.json": lambda path: save_config(config, path),
+                                "vocab.json": prepared.vocab.save},
+                    f"{model_dir} is as it was")
 
     keras.utils.set_random_seed(config.train.seed)
     length = config.train.max_caption_length
     train_rows, train_seqs = caption_split(prepared, "train", length)
+    if not train_seqs:
+        raise DatasetError(f"{config.data.root}: the train split has no caption of a readable "
+                           f"image ({len(prepared.dataset.skipped)} image(s) skipped; "
+                           "`captioning prepare` lists them)")
     val_rows, val_seqs = caption_split(prepared, "val", length)
     train_images = np.unique(train_rows)
     features = prepared.features.array.astype("float32")

@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from captioning.batches import CaptionBatches, encode_captions
+from captioning.config import TrainConfig
+from captioning.datasets import load_dataset
 from captioning.text import Vocabulary
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "on", "dark", "light", "background",
@@ -185,3 +188,27 @@ def test_encode_captions_cuts_long_captions_keeping_endseq_last(vocab):
 def test_encode_captions_maps_unknown_words_to_unk(vocab):
     (ids,) = encode_captions(["startseq purple circle endseq"], vocab, max_length=40)
     assert ids.tolist() == [vocab.start_id, vocab.unk_id, vocab.encode("circle")[0], vocab.end_id]
+
+
+def test_a_500_word_caption_is_loaded_then_cut_to_max_caption_length_keeping_endseq(tmp_path):
+    (tmp_path / "Images").mkdir()
+    for name in ("long.jpg", "short.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "Images" / name)
+    essay = " ".join(WORDS[i % len(WORDS)] for i in range(500))
+    (tmp_path / "captions.txt").write_text(
+        f"image,caption\nlong.jpg,{essay}\nshort.jpg,A red circle .\n", encoding="utf-8")
+    dataset = load_dataset(tmp_path)
+    assert dataset.summary()["longest_caption"] == 500  # nothing dropped at load time
+    captions = [c for name in dataset.images() for c in dataset.captions[name]]
+    vocab = Vocabulary.build(captions, min_count=1)
+    max_length = TrainConfig().max_caption_length  # what train.py cuts every caption to
+    long_ids, short_ids = encode_captions(captions, vocab, max_length)
+    assert len(long_ids) == max_length
+    assert long_ids[0] == vocab.start_id and long_ids[-1] == vocab.end_id
+    assert len(short_ids) == 4
+    batches = CaptionBatches(np.zeros((2, 3)), np.array([0, 1]), [long_ids, short_ids],
+                             batch_size=2, shuffle=False)
+    inputs, targets = batches[0]
+    assert inputs["tokens"].shape == targets.shape == (2, rounded(max_length - 1))
+    long_row = int(np.argmax((targets != 0).sum(axis=1)))
+    assert targets[long_row, max_length - 2] == vocab.end_id

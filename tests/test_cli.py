@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from captioning.cli import main
 from captioning.datasets import load_dataset
+from captioning.sample_data import draw_sample_dataset
 from captioning.scores import caption_scores
 from conftest import REPO
 
@@ -121,3 +123,25 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
     result = run("caption", "x.jpg", "--model", str(tmp_path))
     assert result.returncode == 2
     assert "not a captioning model directory (missing model.keras, vocab.json" in result.stderr
+
+
+def test_num_samples_zero_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    code = main(["sweep", "--num-samples", "0", "--storage", str(tmp_path / "ray_results")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --num-samples: expected at least 1, got 0")
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_a_spacy_model_that_is_not_installed_stops_train_before_features_are_extracted(
+        tmp_path, capsys):
+    data = draw_sample_dataset(tmp_path / "data", images=6, seed=1)
+    cache, output = tmp_path / "cache", tmp_path / "model"
+    code = main(["train", "--set", f"data.root={data}", "--set", "encoder.weights=none",
+                 "--set", f"encoder.cache_dir={cache}", "--set", "embedding=spacy:en_core_web_nope",
+                 "--output", str(output)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: embedding: spaCy model 'en_core_web_nope' cannot be loaded; install it with "
+        "`python -m spacy download en_core_web_nope` or give a pipeline directory")
+    assert not cache.exists() and not output.exists()

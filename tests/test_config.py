@@ -80,6 +80,12 @@ def test_zero_batch_size_is_rejected_naming_the_section(section):
     assert f"{section}.batch_size:" in message
 
 
+@pytest.mark.parametrize("count", [0, -3])
+def test_sweep_num_samples_below_one_is_rejected_naming_the_key(count):
+    message = config_error({"sweep": {"num_samples": count}})
+    assert message == "exp.yaml: sweep.num_samples: Input should be greater than or equal to 1"
+
+
 def test_several_problems_are_counted_in_one_line():
     message = config_error({"train": {"epochs": 0, "batch_size": 0, "learning_rate": -1}})
     assert "(and 2 more problems)" in message

@@ -200,6 +200,21 @@ def test_listed_image_missing_on_disk_is_reported_once(tmp_path):
     assert ds.skipped == (Skipped(names[2], "image file missing", 5),)
 
 
+def test_split_list_naming_only_images_that_do_not_exist_is_an_error_naming_it(tmp_path):
+    names = image_names(4)
+    make_images(tmp_path / "Flicker8k_Dataset", names)
+    (tmp_path / "Flickr8k.token.txt").write_text("\n".join(token_lines(names)), "utf-8")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("other_1.jpg\nother_2.jpg\n", "utf-8")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("\n".join(names), "utf-8")
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(tmp_path)
+    assert str(excinfo.value).startswith(
+        f"{tmp_path / 'Flickr_8k.trainImages.txt'}: none of its 2 images can be used "
+        "(2 not in Flickr8k.token.txt, 0 without an image file or a non-empty caption), "
+        "e.g. other_1.jpg; "
+    )
+
+
 def test_image_in_two_split_lists_is_an_error(tmp_path):
     make_images(tmp_path / "Flicker8k_Dataset", ["a.jpg"])
     (tmp_path / "Flickr8k.token.txt").write_text("a.jpg#0\tA dog .\n", "utf-8")

@@ -65,9 +65,10 @@ def steps(url: str, run_id: str) -> list[int]:
 
 def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root, tmp_path,
                                                                       mlflow_server):
-    args = ["sweep", "--smoke-test", "--num-samples", "3", "--storage", str(tmp_path / "runs"),
+    # Both trials exist and run when Ctrl-C comes: Ray ends them as it stops.
+    args = ["sweep", "--smoke-test", "--num-samples", "2", "--storage", str(tmp_path / "runs"),
             *[f"--set={item}" for item in sweep_overrides(
-                sample_root, "interrupted", mlflow_server, "sweep.max_concurrent_trials=1")]]
+                sample_root, "interrupted", mlflow_server, "sweep.max_concurrent_trials=2")]]
     process = subprocess.Popen(cli(*args), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_an_epoch(mlflow_server, "interrupted", process)
@@ -75,9 +76,12 @@ def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root
     out, err = process.communicate(timeout=180)
 
     assert process.returncode == 130, err[-3000:]
-    assert "sweep interrupted:" in out
+    done = sum(run.info.status == "FINISHED" for run in trial_runs(mlflow_server, "interrupted"))
+    assert f"sweep interrupted: {2 - done} trial(s) left to run" in out
     [line] = [line for line in out.splitlines() if line.startswith("resume it: ")]
-    command = shlex.split(line.removeprefix("resume it: "))
+    cd, command = line.removeprefix("resume it: ").split(" && ")
+    assert shlex.split(cd) == ["cd", str(REPO)]
+    command = shlex.split(command)
     assert command[0] == "captioning" and command[-1] == "--resume"
     client = MlflowClient(mlflow_server)
     [parent] = client.search_runs(
@@ -92,11 +96,11 @@ def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root
     resumed = subprocess.run(cli(*command[1:]), cwd=REPO, env=ENV, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "sweep finished: 3 trials (0 failed)" in resumed.stdout
+    assert "sweep finished: 2 trials (0 failed)" in resumed.stdout
     runs = trial_runs(mlflow_server, "interrupted")
     assert sorted(run.data.tags[TRIAL_TAG] for run in runs) == sorted(
         {run.data.tags[TRIAL_TAG] for run in runs})
-    assert len(runs) == 3 and all(run.info.status == "FINISHED" for run in runs)
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     for run in runs:
         after = steps(mlflow_server, run.info.run_id)

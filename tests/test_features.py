@@ -194,9 +194,12 @@ CHILD = textwrap.dedent(
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.005)
+    asked = time.time()
     features = load_or_extract(config, Path(image_dir), names, progress=False)
     array = features.rows(names)
     print(json.dumps({
+        "asked": asked,
+        "returned": time.time(),
         "extracted": features.extracted,
         "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
         "shape": list(array.shape),
@@ -239,6 +242,10 @@ def test_two_processes_asking_at_once_extract_once_and_share_the_result(sample, 
                 child.wait()
 
     assert sorted(result["extracted"] for result in results) == [False, True]
+    extractor = next(result for result in results if result["extracted"])
+    reader = next(result for result in results if not result["extracted"])
+    # The reader asked while the extractor was still at work: it waited, then read the result.
+    assert reader["asked"] < extractor["returned"] <= reader["returned"]
     assert results[0]["sha256"] == results[1]["sha256"]
     assert results[0]["shape"] == results[1]["shape"] == [N_IMAGES, 2048]
     assert results[0]["path"] == results[1]["path"]
@@ -250,6 +257,28 @@ def test_two_processes_asking_at_once_extract_once_and_share_the_result(sample, 
     assert [name for name in left if name.endswith(".tmp") or name.startswith(".")] == []
     assert set(left) <= {npy, npy.replace(".npy", ".json"), npy + ".lock"}
     assert {npy, npy.replace(".npy", ".json")} <= set(left)
+
+
+def test_temp_files_of_a_killed_writer_are_never_read_and_are_cleared(sample, cached,
+                                                                      tmp_path):
+    image_dir, names = sample
+    _, reference, _ = cached
+    config = encoder(tmp_path / "cache")
+    key = cache_key(config, image_dir, names)
+    npy = tmp_path / "cache" / "features" / f"inception_v3-{key}.npy"
+    npy.parent.mkdir(parents=True)
+    # What a writer killed halfway through leaves: an index but no .npy, a truncated temp .npy.
+    npy.with_suffix(".json").write_text(json.dumps({"names": names[:1], "skipped": {}}))
+    (npy.parent / f".{npy.name}.killed.tmp").write_bytes(npy.name.encode() * 10)
+    (npy.parent / f".{npy.stem}.json.killed.tmp").write_text("{")
+
+    features = load_or_extract(config, image_dir, names, progress=False)
+    assert features.extracted is True
+    assert features.names == names
+    assert_same_features(features.array, reference.array)
+    assert sorted(path.name for path in npy.parent.iterdir()) == sorted(
+        [npy.name, npy.with_suffix(".json").name, npy.name + ".lock"])
+    assert load_or_extract(config, image_dir, names, progress=False).extracted is False
 
 
 def test_random_weight_features_group_images_by_first_shape_colour(tmp_path):

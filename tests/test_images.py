@@ -1,12 +1,14 @@
 """load_image: every common kind of image file becomes (size, size, 3) uint8 RGB, or ImageError."""
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.images import ImageError, load_image
+from captioning.images import MAX_PIXELS, ImageError, load_image
 from captioning.sample_data import IMAGES_DIR, draw_sample_dataset
 
 SIZE = 24
@@ -191,6 +193,73 @@ def test_unusable_file_raises_image_error_naming_the_file(tmp_path, sample_jpeg,
         assert "not found" in caught.value.reason
     if case == "truncated":
         assert "truncated" in caught.value.reason
+    if case == "zero-byte":
+        assert caught.value.reason == "empty (0 bytes), not an image"
+
+
+def test_empty_bytes_are_an_image_error_naming_the_label():
+    with pytest.raises(ImageError, match=r"^row 3: empty \(0 bytes\), not an image$"):
+        load_image(b"", SIZE, label="row 3")
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of any size, written without holding its pixels in memory:
+    a 20000 x 20000 one is about 50 kB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_flat_png_helper_makes_a_real_png(tmp_path):
+    path = tmp_path / "small.png"
+    path.write_bytes(flat_png(30, 20))
+    assert_close(load_image(path, SIZE)[5, 5], (0, 0, 0), tolerance=0)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [
+        # Over PIL's decompression-bomb limit: Image.open itself refuses it.
+        (20000, 20000, "image too large (Image size (400000000 pixels) exceeds limit"),
+        # Under PIL's limit, which would decode it (216 MB as RGB), but over MAX_PIXELS.
+        (9000, 8000, "image too large: 9000x8000 pixels, more than the 64 megapixels decoded"),
+    ],
+    ids=["400-megapixels", "72-megapixels"],
+)
+def test_huge_image_is_refused_from_its_header_without_decoding_it(tmp_path, width, height, reason):
+    path = tmp_path / "huge.png"
+    path.write_bytes(flat_png(width, height))
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(ImageError) as caught:
+        load_image(path, SIZE)
+    assert caught.value.path == path
+    assert caught.value.reason.startswith(reason)
+    assert "\n" not in str(caught.value)
+
+
+def test_huge_image_bytes_are_refused_naming_the_label():
+    with pytest.raises(ImageError, match=r"^row 1: image too large"):
+        load_image(flat_png(20000, 20000), SIZE, label="row 1")
+
+
+def test_jpeg_above_the_pixel_limit_still_loads_at_reduced_scale(tmp_path):
+    path = tmp_path / "big.jpg"
+    side = 8200  # 67 megapixels: over MAX_PIXELS, but JPEG decodes it at 1/8 scale
+    assert side * side > MAX_PIXELS
+    Image.new("L", (side, side), 90).save(path, quality=50)
+    array = load_image(path, SIZE)
+    assert_rgb_array(array)
+    assert_close(array[5, 5], (90, 90, 90), tolerance=3)
 
 
 def test_image_error_is_a_value_error():

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
+from test_images import flat_png
 
 from captioning.captioner import Captioner
 from captioning.encoders import build_encoder
@@ -79,6 +80,37 @@ def test_an_unreadable_image_gets_an_error_and_the_others_still_get_captions(pyf
     assert isinstance(out["caption"][1], str) and out["error"][1] is None
     assert out["error"][0].startswith("row 0: not an image file")
     assert out["error"][2].startswith("row 2: ")
+
+
+def test_an_empty_request_gets_an_empty_answer(pyfunc):
+    model, _ = pyfunc
+    out = model.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
+    assert list(out.columns) == ["caption", "error"]
+    assert len(out) == 0
+
+
+def test_empty_image_bytes_get_an_error_and_the_others_still_get_captions(pyfunc, sample_root):
+    model, _ = pyfunc
+    jpeg = sorted((sample_root / "Images").glob("*.jpg"))[0].read_bytes()
+    out = model.predict(pd.DataFrame({"image": [b"", jpeg]}))
+    assert list(out["error"]) == ["row 0: empty (0 bytes), not an image", None]
+    assert out["caption"][0] is None and isinstance(out["caption"][1], str)
+
+
+def test_an_oversized_image_gets_an_error_and_the_others_still_get_captions(pyfunc,
+                                                                            sample_root):
+    model, _ = pyfunc
+    jpegs = [p.read_bytes() for p in sorted((sample_root / "Images").glob("*.jpg"))[:2]]
+    # Small files, huge pictures: 400 and 72 megapixels, refused from their headers.
+    rows = [jpegs[0], flat_png(20000, 20000), flat_png(9000, 8000), jpegs[1]]
+    out = model.predict(pd.DataFrame({"image": rows}))
+    alone = model.predict(pd.DataFrame({"image": jpegs}))
+    assert [out["caption"][0], out["caption"][3]] == list(alone["caption"])
+    assert out["error"][0] is None and out["error"][3] is None
+    assert out["caption"][1] is None and out["caption"][2] is None
+    assert out["error"][1].startswith("row 1: image too large (Image size (400000000 pixels)")
+    assert out["error"][2] == ("row 2: image too large: 9000x8000 pixels, more than the 64 "
+                               "megapixels decoded")
 
 
 def test_beam_width_is_a_parameter_with_the_models_default_and_a_bound(pyfunc, model_dir,

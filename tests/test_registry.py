@@ -165,6 +165,33 @@ def test_a_uri_that_names_nothing_is_a_clear_error(promoted, mlflow_server, samp
                             f"{mlflow_server}")
 
 
+class Doubler(mlflow.pyfunc.PythonModel):
+    """Another project's model: numbers in, numbers out."""
+
+    def predict(self, context, model_input: list[float], params=None) -> list[float]:
+        return [2 * x for x in model_input]
+
+
+def test_a_registered_model_that_is_not_a_captioner_is_a_clear_error(mlflow_server, tmp_path,
+                                                                     capsys):
+    experiment = MlflowClient(mlflow_server).create_experiment("not-ours")
+    with using(mlflow_server):
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(name="model", python_model=Doubler(),
+                                    pip_requirements=["mlflow"],
+                                    registered_model_name="not-a-captioner")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    capsys.readouterr()
+    assert main(["caption", str(image), "--model", "models:/not-a-captioner/1",
+                 "--tracking-uri", mlflow_server]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines()[-1] == (
+        "error: models:/not-a-captioner/1: not a captioning model (no model.keras in it; "
+        "its MLmodel flavors: python_function)")
+
+
 def post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})

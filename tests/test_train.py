@@ -34,8 +34,9 @@ def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, 
     assert result.best["epoch"] == int(np.argmin(losses)) + 1
     saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert saved["epoch"] == result.best["epoch"]
-    assert {"model.keras", "vocab.json", "config.json", "history.json"} <= {
-        p.name for p in (tmp_path / "m").iterdir()}
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"model.keras", "vocab.json", "config.json", "history.json"} <= files
+    assert [name for name in files if name.startswith(".") or ".tmp" in name] == []
     assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 3
 
 
@@ -110,3 +111,18 @@ def test_every_experiment_trains_in_smoke_mode(experiment, sample_root, spacy_pi
             "red")
         np.testing.assert_array_equal(model.get_layer("embedding").get_weights()[0][vocab_row],
                                       vector)
+
+
+def test_a_train_split_whose_images_are_all_unreadable_is_one_clear_error(tmp_path):
+    from captioning.datasets import DatasetError
+    from captioning.sample_data import draw_sample_dataset
+
+    root = draw_sample_dataset(tmp_path / "data", images=20, seed=3)
+    dataset = load_dataset(root)
+    for name in dataset.splits["train"]:
+        (dataset.image_dir / name).write_text("not a picture")
+    with pytest.raises(DatasetError) as caught:
+        train_captioner(quick_config(root), model_dir=tmp_path / "m", verbose=0)
+    message = str(caught.value)
+    assert message.startswith(f"{root}: the train split has no caption of a readable image")
+    assert f"({len(dataset.splits['train'])} image(s) skipped" in message
