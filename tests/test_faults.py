@@ -122,7 +122,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
     args = ["sweep", "--num-samples", "2", "--storage", str(tmp_path / "runs"),
             *[f"--set={item}" for item in sweep_overrides(
                 sample_root, "flaky-server", url, "sweep.max_concurrent_trials=1",
-                "train.epochs=5", "sweep.grace_period=5", "sweep.max_failures=0")]]
+                "train.epochs=4", "sweep.grace_period=4", "sweep.max_failures=0")]]
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
         sweep = subprocess.Popen(cli(*args), cwd=REPO, env=ENV, stdout=out,
@@ -130,7 +130,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
     try:
         wait_for_an_epoch(url, "flaky-server", sweep)
         stop_service(server)
-        time.sleep(15)  # trials go on training while the server is away
+        time.sleep(10)  # trials go on training while the server is away
         server = start_service(server_command, f"{url}/health", store / "second.log")
         assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
