@@ -12,7 +12,7 @@ import numpy as np
 from captioning.config import ConfigError, ExperimentConfig, parse_config
 from captioning.decode import generate
 from captioning.encoders import ENCODERS, build_encoder
-from captioning.errors import ModelDirError
+from captioning.errors import ModelDirError, first_line
 from captioning.features import encode_images
 from captioning.images import ImageError, ImageSource
 from captioning.model import StepDecoder, captioner_problem, load_keras_model
@@ -71,7 +71,7 @@ class Captioner:
         try:
             model = load_keras_model(path)
         except Exception as error:  # Keras raises many types for foreign or broken files
-            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            reason = first_line(error)
             raise ModelDirError(f"{path}: cannot load it as a captioning model "
                                 f"({type(error).__name__}: {reason})") from None
         problem = captioner_problem(model)
@@ -83,7 +83,7 @@ class Captioner:
         try:
             decoder = StepDecoder(model)
         except Exception as error:  # layers of our names but not of our kinds or shapes
-            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            reason = first_line(error)
             raise ModelDirError(f"{path}: not a captioning model: its layers do not make a "
                                 f"step decoder ({type(error).__name__}: {reason})") from None
         return cls(model_dir, config, vocab, decoder)

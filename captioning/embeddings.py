@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from captioning.config import ConfigError
+from captioning.errors import first_line
 from captioning.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def load_vectors(model: str) -> Any:
     try:
         nlp = spacy.load(model)
     except OSError as error:
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         raise ConfigError(
             f"embedding: spaCy model {model!r} cannot be loaded; install it with "
             f"`python -m spacy download {model}` or give a pipeline directory ({reason})"

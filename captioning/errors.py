@@ -4,6 +4,12 @@ Kept in a module with no heavy imports, so the CLI can catch them without loadin
 """
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message, cut to `limit` characters: what a one-line error
+    quotes of a library's (often many-line) exception."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 class ModelDirError(ValueError):
     """A path that is not a usable captioning model directory."""
 

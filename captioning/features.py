@@ -2,9 +2,9 @@
 
 The cache is shared by every run and every sweep trial. A file lock serialises extraction, so
 when two processes ask at once one extracts and the other waits and then reads the result;
-files are written under a temporary name and renamed, so a half-written file is never read,
-and a write that fails (disk full) raises WriteError naming the file, leaving the cache as it
-was. Unreadable images are skipped and reported, never a crash halfway through.
+an entry's files are written whole or not at all (files.py), so a half-written file is never
+read, and a write that fails (disk full) raises WriteError naming the file, leaving the cache
+as it was. Unreadable images are skipped and reported, never a crash halfway through.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -28,7 +26,7 @@ from tqdm.auto import tqdm
 
 from captioning.config import EncoderConfig
 from captioning.encoders import ENCODERS, RANDOM_WEIGHTS_SEED, build_encoder
-from captioning.errors import WriteError
+from captioning.files import write_whole
 from captioning.images import ImageError, ImageSource, load_image
 
 log = logging.getLogger(__name__)
@@ -84,36 +82,6 @@ def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> 
         "images": images,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` under a temp name beside it, flushed to disk, then rename it into place.
-
-    Raises WriteError naming `path` if any step fails; the temp file is removed and whatever
-    `path` held before is unchanged.
-    """
-    tmp = None
-    try:
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise WriteError(f"could not write feature cache file {path}: "
-                             f"{error.strerror or error}; the cache is as it was (free space "
-                             f"there, or point encoder.cache_dir or CAPTIONING_CACHE_DIR "
-                             f"elsewhere)") from error
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 def _npy_bytes(array: np.ndarray) -> memoryview:
@@ -223,16 +191,14 @@ def load_or_extract(encoder_config: EncoderConfig, image_dir: Path, names: Seque
                  len(names), array_path)
         # Temp files of this entry left by a writer that was killed: nobody else writes here.
         for target in (index_path, array_path):
-            for stale in cache_dir.glob(f".{target.name}.*.tmp"):
+            for stale in cache_dir.glob(f".{target.name}.*"):
                 stale.unlink(missing_ok=True)
         array, kept, skipped = extract(encoder_config, image_dir, names, progress)
         index = {"format": CACHE_FORMAT, "encoder": encoder_config.name,
                  "weights": encoder_config.weights, "names": kept, "skipped": skipped}
         # The index goes first: the .npy appearing is what marks the entry complete.
-        _atomic_write(index_path, lambda s: s.write(json.dumps(index).encode()))
-        try:
-            _atomic_write(array_path, lambda s: s.write(_npy_bytes(array)))
-        except WriteError:
-            index_path.unlink(missing_ok=True)  # no half an entry behind
-            raise
+        write_whole({index_path: lambda path: path.write_text(json.dumps(index)),
+                     array_path: lambda path: path.write_bytes(_npy_bytes(array))},
+                    "feature cache file", "the cache is as it was (free space there, or point "
+                    "encoder.cache_dir or CAPTIONING_CACHE_DIR elsewhere)")
         return FeatureSet(kept, array, skipped, array_path, True)

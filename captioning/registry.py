@@ -22,7 +22,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from captioning.errors import RegistryError
+from captioning.errors import RegistryError, first_line
 from captioning.mlflow_model import ARTIFACT
 from captioning.tracking import MODEL_TAG, SWEEP_TAG, TRIAL_TAG, check_reachable, using
 
@@ -127,7 +127,7 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
         return _promote(MlflowClient(tracking_uri, registry_uri=tracking_uri), tracking_uri,
                         experiment, sweep_run, metric, mode, model_name, alias)
     except MlflowException as error:  # e.g. a user without the permission, a bad alias
-        reason = str(error).splitlines()[0][:300]
+        reason = first_line(error)
         raise RegistryError(f"promote: {tracking_uri} refused ({reason})") from None
 
 
@@ -207,7 +207,7 @@ def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
                 artifact_uri=_logged_model_uri(model, tracking_uri), dst_path=str(dest),
                 tracking_uri=tracking_uri, registry_uri=tracking_uri))
     except MlflowException as error:
-        reason = str(error).splitlines()[0][:300]
+        reason = first_line(error)
         raise RegistryError(f"{model}: cannot fetch it from {tracking_uri} ({reason})") from None
     for candidate in (local, local / "artifacts" / ARTIFACT):
         if (candidate / "model.keras").is_file():

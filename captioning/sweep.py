@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from captioning import search_space as spaces
 from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
+from captioning.errors import first_line
 from captioning.prepare import ensure_data
 from captioning.tracking import (
     EPOCH_METRICS,
@@ -136,8 +137,7 @@ class MlflowTrials(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the sweep's tuner.pkl at its start; the MLflow client is re-made, and
         # each trial's run found again, on restore.
-        return {**self.__dict__, "_tracker": None, "runs": {}, "_down_since": None,
-                "_retry_at": 0.0, "_delay": 1.0}
+        return {**self.__dict__, "_tracker": None, "runs": {}}
 
     def get_state(self) -> dict[str, Any]:
         """Saved by Ray Tune with every snapshot of the sweep's state."""
@@ -192,7 +192,7 @@ class MlflowTrials(tune.Callback):
                 if not is_unreachable(error):
                     # Refused for good: say so, and let the rest through.
                     log.warning("MLflow refused the %s of trial %s: %s", kind, trial_id,
-                                str(error).splitlines()[0][:300])
+                                first_line(error))
                     self.pending.pop(0)
                     continue
                 if self._down_since is None:
@@ -205,11 +205,11 @@ class MlflowTrials(tune.Callback):
                 self._delay = min(2 * self._delay, self.MAX_BACKOFF_S)
                 continue
             self.pending.pop(0)
-            if self._down_since is not None and not self.pending:
-                log.warning("MLflow tracking server %s is back after %.0f s: every kept "
-                            "result is sent", self.uri, time.time() - self._down_since)
-                self._reset_backoff()
-            self._retry_at, self._delay = 0.0, 1.0
+            if self._down_since is not None:
+                log.warning("MLflow tracking server %s is back after %.0f s: sending the %d "
+                            "kept result(s)", self.uri, time.time() - self._down_since,
+                            len(self.pending))
+            self._reset_backoff()
 
     def _queue(self, kind: str, trial: Any, payload: Any = None) -> None:
         if trial.trial_id not in self.names:
@@ -436,7 +436,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
                            results.num_errors, [], interrupted=unfinished)
 
-    with tracking_failure(uri, f"the sweep ended (its results are in {sweep_dir})"):
+    ended = f"the sweep ended (its results are in {sweep_dir})"
+    with tracking_failure(uri, ended):
         runs = {run.data.tags.get("captioning.trial_id"): run.info.run_id
                 for run in tracker.child_runs()}
     best = _best(results, config.sweep.metric, config.sweep.mode, runs)
@@ -457,7 +458,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                      else frame[config.sweep.metric].min())
             rows.append({"params": dict(result.config), "value": float(value)})
     plot = search_plot(rows, config.sweep.metric, temp_dir() / "search.png")
-    with tracking_failure(uri, f"the sweep ended (its results are in {sweep_dir})"):
+    with tracking_failure(uri, ended):
         tracker.finish_parent(best, plot)
     return SweepResult(sweep_dir, uri, tracker.parent_run_id, best, len(results),
                        results.num_errors, timeline)

@@ -20,7 +20,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus
 
-from captioning.errors import TrackingError
+from captioning.errors import TrackingError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def check_reachable(uri: str) -> None:
         with fail_fast():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises several types for a dead server
-        reason = str(error).splitlines()[0][:200]
+        reason = first_line(error)
         raise TrackingError(
             f"MLflow tracking server {uri} cannot be reached ({type(error).__name__}: "
             f"{reason}); start it (mlflow server --host 127.0.0.1 --port 5000) or set "
@@ -121,7 +121,7 @@ def tracking_failure(uri: str, done: str):
     try:
         yield
     except MlflowException as error:
-        reason = str(error).splitlines()[0][:200]
+        reason = first_line(error)
         raise TrackingError(f"{done}, but MLflow at {uri} failed: {reason}") from None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from captioning.config import ExperimentConfig, save_config
 from captioning.datasets import DatasetError
 from captioning.decode import generate
 from captioning.embeddings import load_vectors, spacy_embedding_matrix
-from captioning.errors import WriteError
+from captioning.files import Writer, write_whole
 from captioning.model import StepDecoder, build_model, compile_model
 from captioning.prepare import Prepared, prepare
 from captioning.scores import caption_scores, strip_markers
@@ -43,7 +42,6 @@ from captioning.scores import caption_scores, strip_markers
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float], Path], None]
-FileWriter = Callable[[Path], None]  # writes one file's content to the path it is given
 
 
 @dataclass
@@ -101,7 +99,7 @@ class _EpochEnd(keras.callbacks.Callback):
         metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
         history = [*self.history, metrics]
         improved = self._improved(metrics)
-        files: dict[str, FileWriter] = {}
+        files: dict[str, Writer] = {}
         if improved:
             files["model.keras"] = self.model.save
             if self.score_images:
@@ -112,7 +110,8 @@ class _EpochEnd(keras.callbacks.Callback):
             files["metrics.json"] = _json(metrics)
         files["last.keras"] = self.model.save
         files["history.json"] = _json(history)  # last: resume reads how far training got here
-        _write_together(self.model_dir, files, self._kept())
+        write_whole({self.model_dir / name: write for name, write in files.items()},
+                    "checkpoint", self._kept())
         self.history = history
         if improved:
             self.best = metrics
@@ -130,44 +129,8 @@ class _EpochEnd(keras.callbacks.Callback):
         return f"the previous checkpoint (best epoch {best}, last epoch {last}) is intact"
 
 
-def _json(data: object) -> FileWriter:
+def _json(data: object) -> Writer:
     return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _fsync(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)  # a file or a directory
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _write_together(model_dir: Path, files: dict[str, FileWriter], kept: str) -> None:
-    """Write `files` (name in `model_dir` -> writer) so the directory holds all old or all new.
-
-    Each file is written to a temp name beside its target and flushed to disk; only when all are
-    written are they renamed into place, in the order given. If a write fails (disk full), the
-    temp files are removed, the old files are untouched, and WriteError names the file that
-    failed and adds `kept`, what the directory still holds.
-    """
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, write in files.items():
-            path = model_dir / name
-            tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # Keras wants .keras
-            staged.append((tmp, path))
-            write(tmp)
-            _fsync(tmp)
-    except BaseException as error:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise WriteError(f"could not write checkpoint {staged[-1][1]}: "
-                             f"{error.strerror or error}; {kept}") from error
-        raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
-    _fsync(model_dir)  # the renames themselves survive a power cut
 
 
 def default_model_dir(config: ExperimentConfig) -> Path:
@@ -190,9 +153,9 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     prepared = prepared or prepare(config)
     model_dir = Path(model_dir or default_model_dir(config))
     model_dir.mkdir(parents=True, exist_ok=True)
-    _write_together(model_dir, {"config.json": lambda path: save_config(config, path),
-                                "vocab.json": prepared.vocab.save},
-                    f"{model_dir} is as it was")
+    write_whole({model_dir / "config.json": lambda path: save_config(config, path),
+                 model_dir / "vocab.json": prepared.vocab.save},
+                "checkpoint", f"{model_dir} is as it was")
 
     keras.utils.set_random_seed(config.train.seed)
     length = config.train.max_caption_length
