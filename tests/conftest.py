@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,66 @@ def quick_config(root: Path, **train):
     })
 
 
+def cli(*args: str) -> list[str]:
+    """The `captioning` command with `args`, as this checkout's Python runs it."""
+    return [sys.executable, "-m", "captioning.cli", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a `captioning` subprocess: this one's (with the tests' feature
+    cache), this checkout importable, and `extra`."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `captioning *args` to the end, its output captured as text."""
+    return subprocess.run(cli(*args), cwd=cwd, env=cli_env(**(env or {})), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def trial_runs(url: str, experiment: str, parent: str | None = None) -> list:
+    """The trial runs of MLflow experiment `experiment` at `url` (of one sweep, if `parent`
+    names its parent run)."""
+    from mlflow import MlflowClient
+
+    from captioning.tracking import TRIAL_TAG
+
+    client = MlflowClient(url)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    where = f"tags.`{TRIAL_TAG}` != ''"
+    if parent is not None:
+        where += f" and tags.`mlflow.parentRunId` = '{parent}'"
+    return client.search_runs([found.experiment_id], filter_string=where)
+
+
+def metric_steps(url: str, run_id: str, key: str = "val_loss") -> list[int]:
+    """The steps (epochs) at which run `run_id` logged `key`, in logged order."""
+    from mlflow import MlflowClient
+
+    return [m.step for m in MlflowClient(url).get_metric_history(run_id, key)]
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of any size, written without holding its pixels in memory:
+    a 20000 x 20000 one is about 50 kB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
 def free_port() -> int:
     import socket
 
@@ -105,17 +167,21 @@ def stop_service(process: subprocess.Popen, timeout: float = 60) -> None:
         process.wait(timeout=30)
 
 
+def mlflow_server_command(store: Path, port: int) -> list[str]:
+    """`mlflow server` on 127.0.0.1:`port`, its SQLite store and artifacts under `store`."""
+    return [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+            "--port", str(port), "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend store; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_service(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        f"{url}/health", root / "server.log", timeout=90)
+    process = start_service(mlflow_server_command(root, port), f"{url}/health",
+                            root / "server.log", timeout=90)
     yield url
     stop_service(process)
 

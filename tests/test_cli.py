@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +13,9 @@ from captioning.cli import main
 from captioning.datasets import load_dataset
 from captioning.sample_data import draw_sample_dataset
 from captioning.scores import caption_scores
-from conftest import REPO
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "captioning.cli", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +23,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Sample data drawn and a model trained by the CLI, with the quickstart experiment."""
     work = tmp_path_factory.mktemp("cli")
     data = work / "data"
-    drawn = run("sample-data", str(data), "--images", "400", "--seed", "3")
+    drawn = run_cli("sample-data", str(data), "--images", "400", "--seed", "3")
     assert drawn.returncode == 0, drawn.stderr
     overrides = ["--set", f"data.root={data}", "--set", "train.epochs=25",
                  "--set", "train.patience=25"]
-    trained = run("train", "--experiment", "experiments/quickstart.yaml", *overrides,
+    trained = run_cli("train", "--experiment", "experiments/quickstart.yaml", *overrides,
                   "--output", str(work / "model"))
     assert trained.returncode == 0, trained.stderr[-3000:]
     return {"data": data, "model": work / "model", "work": work, "train_out": trained.stdout}
@@ -50,7 +41,7 @@ def test_sample_data_command_draws_the_kaggle_layout(trained):
 
 
 def test_prepare_prints_the_dataset_statistics_of_the_seed_slide(trained):
-    result = run("prepare", "--set", f"data.root={trained['data']}")
+    result = run_cli("prepare", "--set", f"data.root={trained['data']}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for label in ("images", "captions per image", "longest caption (words)", "vocabulary",
@@ -67,7 +58,7 @@ def test_train_prints_where_the_model_went(trained):
 
 def test_trained_captions_beat_the_most_frequent_caption_baseline_on_bleu4(trained):
     report_path = trained["work"] / "eval.json"
-    result = run("evaluate", "--model", str(trained["model"]), "--split", "test",
+    result = run_cli("evaluate", "--model", str(trained["model"]), "--split", "test",
                  "--output", str(report_path))
     assert result.returncode == 0, result.stderr
     assert "bleu4" in result.stdout
@@ -87,7 +78,7 @@ def test_trained_captions_beat_the_most_frequent_caption_baseline_on_bleu4(train
 
 
 def test_beam_search_evaluation_runs_and_scores(trained):
-    result = run("evaluate", "--model", str(trained["model"]), "--beam", "3")
+    result = run_cli("evaluate", "--model", str(trained["model"]), "--beam", "3")
     assert result.returncode == 0, result.stderr
     assert "beam 3" in result.stdout and "cider" in result.stdout
 
@@ -101,7 +92,7 @@ def test_caption_handles_common_formats_and_reports_an_unreadable_file(trained, 
     image.convert("L").resize((3000, 2000)).save(grey)
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
-    result = run("caption", str(source), str(png), str(broken), str(grey),
+    result = run_cli("caption", str(source), str(png), str(broken), str(grey),
                  "--model", str(trained["model"]))
     assert result.returncode == 1
     lines = dict(line.split("\t") for line in result.stdout.splitlines())
@@ -112,7 +103,7 @@ def test_caption_handles_common_formats_and_reports_an_unreadable_file(trained, 
 
 
 def test_an_unknown_config_key_is_a_one_line_error_before_any_work(tmp_path):
-    result = run("train", "--set", "model.lstm_unitz=3", "--set", f"output_dir={tmp_path}")
+    result = run_cli("train", "--set", "model.lstm_unitz=3", "--set", f"output_dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: experiments/quickstart.yaml: model.lstm_unitz: unknown key")
@@ -120,7 +111,7 @@ def test_an_unknown_config_key_is_a_one_line_error_before_any_work(tmp_path):
 
 
 def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
-    result = run("caption", "x.jpg", "--model", str(tmp_path))
+    result = run_cli("caption", "x.jpg", "--model", str(tmp_path))
     assert result.returncode == 2
     assert "not a captioning model directory (missing model.keras, vocab.json" in result.stderr
 

@@ -9,7 +9,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,19 @@ from mlflow import MlflowClient
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep, train_trial
 from captioning.tracking import MODEL_TAG, TRIAL_TAG
-from conftest import REPO, free_port, small_overrides, start_service, stop_service
+from conftest import (
+    REPO,
+    cli,
+    cli_env,
+    free_port,
+    metric_steps,
+    mlflow_server_command,
+    run_cli,
+    small_overrides,
+    start_service,
+    stop_service,
+    trial_runs,
+)
 
 pytestmark = pytest.mark.slow
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -30,21 +41,6 @@ QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 def sweep_overrides(sample_root: Path, name: str, url: str, *extra: str) -> list[str]:
     return [f"name={name}", f"sweep.tracking_uri={url}", *small_overrides(sample_root),
             "train.score_images=10", *extra]
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "captioning.cli", *args]
-
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def trial_runs(url: str, experiment: str) -> list:
-    client = MlflowClient(url)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''")
 
 
 def wait_for_an_epoch(url: str, experiment: str, process: subprocess.Popen,
@@ -59,17 +55,13 @@ def wait_for_an_epoch(url: str, experiment: str, process: subprocess.Popen,
     pytest.fail(f"no epoch of {experiment} reached MLflow (sweep exit code {process.poll()})")
 
 
-def steps(url: str, run_id: str) -> list[int]:
-    return [m.step for m in MlflowClient(url).get_metric_history(run_id, "val_loss")]
-
-
 def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root, tmp_path,
                                                                       mlflow_server):
     # Both trials exist and run when Ctrl-C comes: Ray ends them as it stops.
     args = ["sweep", "--smoke-test", "--num-samples", "2", "--storage", str(tmp_path / "runs"),
             *[f"--set={item}" for item in sweep_overrides(
                 sample_root, "interrupted", mlflow_server, "sweep.max_concurrent_trials=2")]]
-    process = subprocess.Popen(cli(*args), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+    process = subprocess.Popen(cli(*args), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_an_epoch(mlflow_server, "interrupted", process)
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
@@ -88,13 +80,12 @@ def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root
         [client.get_experiment_by_name("interrupted").experiment_id],
         filter_string="tags.`captioning.sweep` = 'interrupted'")
     assert parent.info.status == "KILLED"
-    before = {run.data.tags[TRIAL_TAG]: steps(mlflow_server, run.info.run_id)
+    before = {run.data.tags[TRIAL_TAG]: metric_steps(mlflow_server, run.info.run_id)
               for run in trial_runs(mlflow_server, "interrupted")}
     assert all(run.info.status in ("FINISHED", "KILLED")
                for run in trial_runs(mlflow_server, "interrupted"))
 
-    resumed = subprocess.run(cli(*command[1:]), cwd=REPO, env=ENV, capture_output=True,
-                             text=True, timeout=600)
+    resumed = run_cli(*command[1:], timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "sweep finished: 2 trials (0 failed)" in resumed.stdout
     runs = trial_runs(mlflow_server, "interrupted")
@@ -103,7 +94,7 @@ def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root
     assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     for run in runs:
-        after = steps(mlflow_server, run.info.run_id)
+        after = metric_steps(mlflow_server, run.info.run_id)
         assert after == sorted(set(after)), "an epoch was trained twice"
         assert after[:len(before.get(run.data.tags[TRIAL_TAG], []))] == before.get(
             run.data.tags[TRIAL_TAG], [])
@@ -114,10 +105,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
     store.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server_command = [
-        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-        "--port", str(port), "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
+    server_command = mlflow_server_command(store, port)
     server = start_service(server_command, f"{url}/health", store / "first.log")
     args = ["sweep", "--num-samples", "2", "--storage", str(tmp_path / "runs"),
             *[f"--set={item}" for item in sweep_overrides(
@@ -125,7 +113,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
                 "train.epochs=4", "sweep.grace_period=4", "sweep.max_failures=0")]]
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
-        sweep = subprocess.Popen(cli(*args), cwd=REPO, env=ENV, stdout=out,
+        sweep = subprocess.Popen(cli(*args), cwd=REPO, env=cli_env(), stdout=out,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_for_an_epoch(url, "flaky-server", sweep)
@@ -147,7 +135,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
         runs = trial_runs(url, "flaky-server")
         assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
         for run in runs:
-            assert steps(url, run.info.run_id) == list(
+            assert metric_steps(url, run.info.run_id) == list(
                 range(1, int(run.data.tags["epochs_run"]) + 1))
             assert MODEL_TAG in run.data.tags
     finally:
@@ -255,4 +243,4 @@ def test_a_trial_on_a_node_that_dies_resumes_from_its_checkpoint_on_another(samp
     for run in runs:
         assert run.info.status == "FINISHED"
         # Restarted from scratch, its first epochs would be logged twice.
-        assert steps(mlflow_server, run.info.run_id) == [1, 2, 3, 4, 5]
+        assert metric_steps(mlflow_server, run.info.run_id) == [1, 2, 3, 4, 5]

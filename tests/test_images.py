@@ -1,7 +1,5 @@
 """load_image: every common kind of image file becomes (size, size, 3) uint8 RGB, or ImageError."""
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ from PIL import Image
 
 from captioning.images import MAX_PIXELS, ImageError, load_image
 from captioning.sample_data import IMAGES_DIR, draw_sample_dataset
+from conftest import flat_png
 
 SIZE = 24
 RED = (220, 30, 30)
@@ -200,24 +199,6 @@ def test_unusable_file_raises_image_error_naming_the_file(tmp_path, sample_jpeg,
 def test_empty_bytes_are_an_image_error_naming_the_label():
     with pytest.raises(ImageError, match=r"^row 3: empty \(0 bytes\), not an image$"):
         load_image(b"", SIZE, label="row 3")
-
-
-def flat_png(width: int, height: int) -> bytes:
-    """A valid black 1-bit PNG of any size, written without holding its pixels in memory:
-    a 20000 x 20000 one is about 50 kB."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 def test_flat_png_helper_makes_a_real_png(tmp_path):

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from test_images import flat_png
 
 from captioning.captioner import Captioner
 from captioning.encoders import build_encoder
@@ -26,7 +25,7 @@ from captioning.mlflow_model import (
     signature,
 )
 from captioning.train import train_captioner
-from conftest import quick_config
+from conftest import flat_png, quick_config
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from mlflow import MlflowClient
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG
-from conftest import REPO, free_port
+from conftest import REPO, cli, cli_env, free_port, metric_steps, run_cli, trial_runs
 
 pytestmark = pytest.mark.slow
 SMOKE_EPOCHS = 3
@@ -31,13 +28,6 @@ def experiment(sample_root: Path, tmp_path: Path, mlflow_url: str, name: str, *e
     return load_experiment(REPO / "experiments" / "quickstart.yaml", [
         f"name={name}", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_url}",
         f"sweep.storage_path={tmp_path / 'ray_results'}", *extra])
-
-
-def children(url: str, parent_run_id: str) -> list:
-    client = MlflowClient(url)
-    run = client.get_run(parent_run_id)
-    return client.search_runs([run.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +52,7 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_trial.json", "search", "search_space", "experiment"} <= parent_files
 
-    runs = children(mlflow_server, result.parent_run_id)
+    runs = trial_runs(mlflow_server, "smoke", result.parent_run_id)
     assert len(runs) == result.trials == 4
     for run in runs:
         assert run.info.status == "FINISHED"
@@ -89,17 +79,17 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
 def test_asha_stops_trials_early(smoke_sweep, mlflow_server):
     result, _ = smoke_sweep
     epochs = [int(run.data.tags["epochs_run"])
-              for run in children(mlflow_server, result.parent_run_id)]
+              for run in trial_runs(mlflow_server, "smoke", result.parent_run_id)]
     assert sum(epochs) < len(epochs) * SMOKE_EPOCHS
     assert any(run.data.tags["early_stopped"] == "true"
-               for run in children(mlflow_server, result.parent_run_id))
+               for run in trial_runs(mlflow_server, "smoke", result.parent_run_id))
 
 
 def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
                                                                      mlflow_server):
     result, tmp = smoke_sweep
     encoders = {run.data.params["encoder.name"]
-                for run in children(mlflow_server, result.parent_run_id)}
+                for run in trial_runs(mlflow_server, "smoke", result.parent_run_id)}
     cached = sorted((tmp / "ray_results" / "feature_cache" / "features").glob("*.npy"))
     assert sorted(path.name.rsplit("-", 1)[0] for path in cached) == sorted(encoders)
     extractions = {encoder: 0 for encoder in encoders}
@@ -107,13 +97,6 @@ def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep
         extractions[trial["config"]["encoder.name"]] += trial["features_extracted"]
     assert extractions == {encoder: 1 for encoder in encoders}
     assert len(result.timeline) > len(encoders)  # some trials reused another's features
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "captioning.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def test_a_bad_search_space_fails_fast_with_one_line_naming_it(tmp_path):
@@ -164,45 +147,40 @@ def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
 
 def test_a_killed_sweep_resumes_with_every_trial_exactly_once(sample_root, tmp_path,
                                                              mlflow_server):
+    import os
     import signal
+    import subprocess
     import time
 
     storage = tmp_path / "ray_results"
     args = ["sweep", "--smoke-test", "--num-samples", "3", "--storage", str(storage),
             "--set", f"data.root={sample_root}", "--set", f"sweep.tracking_uri={mlflow_server}",
             "--set", "name=resumed", "--set", "sweep.max_concurrent_trials=1"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "captioning.cli", *args], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = subprocess.Popen(cli(*args), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     client = MlflowClient(mlflow_server)
     deadline = time.time() + 300
     finished = []
     while not finished and time.time() < deadline and first.poll() is None:
         time.sleep(2)
-        experiment = client.get_experiment_by_name("resumed")
-        if experiment is not None:
-            finished = client.search_runs([experiment.experiment_id],
-                                          filter_string="attributes.status = 'FINISHED' and "
-                                                        "tags.`captioning.trial_id` != ''")
+        finished = [run for run in trial_runs(mlflow_server, "resumed")
+                    if run.info.status == "FINISHED"]
     assert finished, "no trial finished before the deadline"
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-sweep
     first.wait()
 
-    resumed = run_cli(*args, "--resume", cwd=REPO)
+    resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "sweep finished: 3 trials (0 failed)" in resumed.stdout
     experiment = client.get_experiment_by_name("resumed")
     parents = client.search_runs([experiment.experiment_id],
                                  filter_string="tags.`captioning.sweep` = 'resumed'")
     assert len(parents) == 1
-    runs = children(mlflow_server, parents[0].info.run_id)
+    runs = trial_runs(mlflow_server, "resumed", parents[0].info.run_id)
     trial_ids = [run.data.tags["captioning.trial_id"] for run in runs]
     assert len(trial_ids) == 3 == len(set(trial_ids))
     assert all(run.info.status == "FINISHED" for run in runs)
-    done_first = finished[0].info.run_id
-    history = client.get_metric_history(done_first, "val_loss")
-    steps = [m.step for m in history]
+    steps = metric_steps(mlflow_server, finished[0].info.run_id)
     assert steps == sorted(set(steps)), "a finished trial was trained again"
 
 
