@@ -1,5 +1,6 @@
 """Sweeps: Ray Tune runs `train_captioner` per trial, Optuna's TPE picks the next trial, ASHA
-stops poor ones early, and every trial is a nested MLflow run. Every Ray call lives here.
+stops poor ones early, and every trial is a nested MLflow run. Every Ray call lives here, but
+for the internals that make a resume safe (resume.py).
 
     captioning sweep [--experiment F] [--search-space F] [--num-samples N]
                      [--address ADDR] [--storage PATH] [--resume] [--smoke-test]
@@ -7,8 +8,10 @@ stops poor ones early, and every trial is a nested MLflow run. Every Ray call li
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -27,6 +30,7 @@ from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
 from captioning.errors import first_line
 from captioning.prepare import ensure_data
+from captioning.resume import CheckpointKeeper, keep_only_latest, repair_state
 from captioning.tracking import (
     EPOCH_METRICS,
     SweepTracker,
@@ -63,12 +67,28 @@ def trial_name(drawn: dict[str, Any]) -> str:
     return " ".join(parts) or "trial"
 
 
+TRIAL_DIR = "trial_{}"  # a trial's folder in the sweep's storage, by trial id
+
+
+def trial_dirname(trial: Any) -> str:
+    return TRIAL_DIR.format(trial.trial_id)
+
+
+def trial_storage(base: dict[str, Any], trial_id: str) -> str:
+    """Where Ray Tune keeps trial `trial_id`'s checkpoints: a path or URI on the storage."""
+    return f"{base['sweep']['storage_path']}/{base['name']}/{TRIAL_DIR.format(trial_id)}"
+
+
 def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     """The Ray Tune trainable: one trial = `train_captioner` on the base experiment + `drawn`.
 
-    Reports once per epoch with the trial's model directory as checkpoint, and continues from
-    that checkpoint when Ray restarts the trial (after a failure or on --resume).
+    Reports once per epoch with the trial's model directory as checkpoint. When Ray starts the
+    trial again (after a failure, or on --resume), it continues from the newest whole
+    checkpoint the trial has on storage, which can be newer than the one in the sweep's saved
+    state (a driver killed before saving it), and first reports again the epochs Ray does not
+    know of, so that no finished epoch is trained twice and every epoch reaches MLflow once.
     """
+    from captioning.checkpoints import epochs_in, newest_whole, storage
     from captioning.gpu import enable_memory_growth, release
     from captioning.prepare import prepare
     from captioning.train import train_captioner
@@ -76,25 +96,39 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     # Worker processes start with logging unset: show our INFO lines (extraction, resume).
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     enable_memory_growth()
-    config = spaces.apply(base, drawn, source=f"trial {tune.get_context().get_trial_id()}")
-    model_dir = Path(tune.get_context().get_trial_dir()) / "model"
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(model_dir))
+    context = tune.get_context()
+    config = spaces.apply(base, drawn, source=f"trial {context.get_trial_id()}")
+    model_dir = Path(context.get_trial_dir()) / "model"
+    restored = tune.get_checkpoint()  # what the sweep's saved state points at, or None
+    known = epochs_in(restored.filesystem, restored.path) if restored else 0
+    filesystem, trial_dir = storage(trial_storage(base, context.get_trial_id()))
+    newer = newest_whole(filesystem, trial_dir, after=known)
+    source = tune.Checkpoint(newer.path, filesystem) if newer else restored
+    history: list[dict[str, float]] = []
+    if source is not None:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        source.to_directory(str(model_dir))
+        history = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
+        if newer:
+            log.info("resuming from %s (epoch %d); the sweep's state knew epoch %d", newer.path,
+                     newer.epoch, known)
 
     prepared = prepare(config, progress=False)
     # 1 in the first report of the trial that ran the encoder, else 0: summed over a sweep,
     # it counts feature extractions (the goal: one per encoder).
     extracted = [int(prepared.features.extracted)]
 
-    def report(epoch: int, metrics: dict[str, float], path: Path) -> None:
+    def report(epoch: int, metrics: dict[str, float], path: Path | None) -> None:
         flag = extracted.pop() if extracted else 0
         tune.report({**metrics, "features_extracted": flag},
-                    checkpoint=tune.Checkpoint.from_directory(str(path)))
+                    checkpoint=tune.Checkpoint.from_directory(str(path)) if path else None)
 
+    for metrics in history[known:]:  # trained and on storage, but not in the sweep's state
+        epoch = int(metrics["epoch"])
+        report(epoch, metrics, model_dir if epoch == len(history) else None)
     try:
         train_captioner(config, model_dir=model_dir, on_epoch=report, prepared=prepared,
-                        resume=checkpoint is not None, verbose=0)
+                        resume=bool(history), verbose=0)
     finally:
         release()
 
@@ -128,6 +162,7 @@ class MlflowTrials(tune.Callback):
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
         self._tracker: SweepTracker | None = None
         self.runs: dict[str, str] = {}
+        self.steps: dict[str, int] = {}  # trial id -> the last epoch its run has in MLflow
         self._reset_backoff()
 
     def _reset_backoff(self) -> None:
@@ -137,7 +172,7 @@ class MlflowTrials(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the sweep's tuner.pkl at its start; the MLflow client is re-made, and
         # each trial's run found again, on restore.
-        return {**self.__dict__, "_tracker": None, "runs": {}}
+        return {**self.__dict__, "_tracker": None, "runs": {}, "steps": {}}
 
     def get_state(self) -> dict[str, Any]:
         """Saved by Ray Tune with every snapshot of the sweep's state."""
@@ -161,7 +196,13 @@ class MlflowTrials(tune.Callback):
     def _send(self, kind: str, trial_id: str, payload: Any) -> None:
         run_id = self._run_id(trial_id)
         if kind == "epoch":
+            step = int(payload["metrics"]["epoch"])
+            if trial_id not in self.steps:
+                self.steps[trial_id] = self.tracker.last_step(run_id)
+            if step <= self.steps[trial_id]:
+                return  # in MLflow already: a resumed trial reporting again what it had trained
             self.tracker.log_epoch(run_id, payload["metrics"], payload["timestamp_ms"])
+            self.steps[trial_id] = step
         elif kind == "finish":
             checkpoint = payload["checkpoint"]  # Ray keeps a finished trial's last checkpoint
             if checkpoint is None:
@@ -322,11 +363,13 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
               search_space: Path | None = None, num_samples: int | None = None,
               address: str | None = None, storage: str | None = None, resume: bool = False,
               smoke_test: bool = False, trainable: Callable | None = None,
+              callbacks: list[tune.Callback] | None = None,
               say: Callable[[str], None] = print) -> SweepResult:
     """Run (or with `resume`, continue) the sweep described by `config.sweep`.
 
     Validates the search space and reaches the tracking server before Ray starts anything.
-    `trainable` replaces `train_trial` (tests use it to inject faults).
+    `trainable` replaces `train_trial` (tests use it to inject faults); `callbacks` are more
+    Ray Tune callbacks, saved with the sweep and restored with it on resume.
     """
     if smoke_test:
         config = _smoke(config)
@@ -337,11 +380,9 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     space = spaces.load_search_space(space_path, config)
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
-    # Every epoch reports a checkpoint, so Ray snapshots its state often; on a small sweep its
-    # "snapshotting may become a bottleneck" warning would drown the progress table.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        # Without --address, a Ray of this sweep's own: never one another program left running.
+        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False)
     check_gpus(config.sweep.resources.gpu, cluster=address is not None)
 
     storage_path = _storage(config, storage)
@@ -357,18 +398,29 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     # Trials run in their own working folders (and on other nodes): paths must not be relative.
     config = config.model_copy(update={"data": config.data.model_copy(
         update={"root": Path(config.data.root).resolve()})})
+    # Trials find their own checkpoints on the storage (trial_storage).
+    config = config.model_copy(update={"sweep": config.sweep.model_copy(
+        update={"storage_path": storage_path})})
     base = config.to_dict()
 
     tracker = SweepTracker(uri, config.name)
+    if resume and not tune.Tuner.can_restore(sweep_dir):
+        if tracker.find_parent(sweep_dir) is None:
+            raise ConfigError(f"--resume: no sweep to resume in {sweep_dir}")
+        # Stopped before Ray Tune saved anything: no trial had started.
+        say(f"the sweep in {sweep_dir} stopped before it saved its state: starting it again "
+            f"(MLflow parent run {tracker.parent_run_id})")
+        resume = False
     if resume:
         # The sweep's own state is Ray's, in its storage (any file system or bucket); the
         # MLflow parent run is found again by the storage path it was tagged with.
-        if not tune.Tuner.can_restore(sweep_dir):
-            raise ConfigError(f"--resume: no sweep to resume in {sweep_dir}")
         if tracker.find_parent(sweep_dir) is None:
             raise ConfigError(f"--resume: {uri} has no parent run for the sweep in {sweep_dir}")
+        repaired = repair_state(sweep_dir)
+        if repaired:
+            log.warning("%s", repaired)
         say(f"resuming sweep {sweep_dir} (MLflow parent run {tracker.parent_run_id})")
-    else:
+    elif tracker.parent_run_id is None:
         dataset = load_dataset(config.data.root, config.data.format,
                                split_seed=config.data.split_seed,
                                keep_one_letter_words=config.data.keep_one_letter_words)
@@ -411,12 +463,15 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             tune_config=tune.TuneConfig(
                 metric=config.sweep.metric, mode=config.sweep.mode, search_alg=searcher,
                 scheduler=scheduler, num_samples=config.sweep.num_samples,
-                max_concurrent_trials=config.sweep.max_concurrent_trials),
+                max_concurrent_trials=config.sweep.max_concurrent_trials,
+                trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=storage_path,
-                callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base)],
+                callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base),
+                           CheckpointKeeper(sweep_dir), *(callbacks or [])],
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                # Ray deletes no checkpoint: CheckpointKeeper does, once it is safe.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     sigint = signal.getsignal(signal.SIGINT)
     try:
         results = tuner.fit()
@@ -435,6 +490,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         tracker.interrupted()
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
                            results.num_errors, [], interrupted=unfinished)
+    keep_only_latest(results)
 
     ended = f"the sweep ended (its results are in {sweep_dir})"
     with tracking_failure(uri, ended):

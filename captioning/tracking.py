@@ -211,6 +211,10 @@ class SweepTracker:
             Metric(name, float(metrics[name]), stamp, step)
             for name in EPOCH_METRICS if name in metrics])
 
+    def last_step(self, run_id: str) -> int:
+        """The last epoch run `run_id` has logged (0 if none)."""
+        return max((m.step for m in self.client.get_metric_history(run_id, "loss")), default=0)
+
     def finish_trial(self, run_id: str, checkpoint_dir: Path | None, *, epochs_run: int,
                      max_epochs: int) -> None:
         """Log the best checkpoint and sample captions, mark early stops, end the run."""

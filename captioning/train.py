@@ -10,6 +10,7 @@ The best epoch (by train.monitor) is kept as a model directory:
     vocab.json    the vocabulary
     config.json   the resolved experiment config
     metrics.json  the best epoch's metrics; history.json every epoch's
+    checkpoint.json  the epoch and every file's SHA-256, so a copy can be checked whole
 
 An epoch's files are written under temp names first and renamed into place only once all are
 written, so the directory never mixes two epochs: if the disk fills, WriteError names the file
@@ -30,6 +31,7 @@ import keras
 import numpy as np
 
 from captioning.batches import CaptionBatches, encode_captions
+from captioning.checkpoints import MANIFEST, manifest_writer
 from captioning.config import ExperimentConfig, save_config
 from captioning.datasets import DatasetError
 from captioning.decode import generate
@@ -109,7 +111,8 @@ class _EpochEnd(keras.callbacks.Callback):
                     for name, caption in zip(self.score_images, captions, strict=True)][:50])
             files["metrics.json"] = _json(metrics)
         files["last.keras"] = self.model.save
-        files["history.json"] = _json(history)  # last: resume reads how far training got here
+        files["history.json"] = _json(history)  # resume reads how far training got here
+        files[MANIFEST] = manifest_writer(self.model_dir, epoch + 1, list(files))
         write_whole({self.model_dir / name: write for name, write in files.items()},
                     "checkpoint", self._kept())
         self.history = history
