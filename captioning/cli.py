@@ -6,6 +6,7 @@ Only argument parsing and printing live here; each command calls one library fun
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import shlex
@@ -15,14 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from captioning.config import DEFAULT_EXPERIMENT, ConfigError, load_experiment
+from captioning.config import DEFAULT_EXPERIMENT, ConfigError, experiment_file, load_experiment
+
+EXPERIMENT_HELP = ("a built-in experiment's name (captioning experiments list) or an "
+                   "experiment YAML file (default: %(default)s)")
 
 
 def _experiment_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                        help="experiment YAML (default: %(default)s)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=EXPERIMENT_HELP)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a key, e.g. model.lstm_units=128")
+                        metavar="KEY=VALUE", help="override a key, e.g. model.lstm_units=128 "
+                        "(paths relative to this folder)")
 
 
 MODEL_HELP = ("model directory, or an MLflow model URI: models:/captioner@champion, "
@@ -76,10 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="search hyperparameters with Ray Tune + Optuna, "
                                 "every trial tracked in MLflow")
-    sweep.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                       help="experiment YAML (default: %(default)s)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override an experiment key")
+    _experiment_args(sweep)
     sweep.add_argument("--search-space", type=Path, default=None,
                        help="search space YAML (default: the experiment's sweep.search_space)")
     sweep.add_argument("--num-samples", type=int, default=None, help="number of trials")
@@ -104,19 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
         "an alias at it")
     which = promote.add_mutually_exclusive_group()
     which.add_argument("--experiment", default=None,
-                       help="MLflow experiment (or experiment YAML) whose newest sweep to "
-                            f"promote from (default: the one of {DEFAULT_EXPERIMENT})")
+                       help="the MLflow experiment whose newest sweep to promote from "
+                            "(default: the newest sweep in the tracking store)")
     which.add_argument("--sweep-run", default=None, metavar="RUN_ID",
                        help="the sweep's MLflow parent run")
-    promote.add_argument("--metric", default="val_bleu4",
-                         help="rank trials by this score of their kept epoch (default: "
-                              "%(default)s)")
+    promote.add_argument("--metric", default=None,
+                         help="rank trials by this score of their kept epoch (default: the "
+                              "metric the sweep ranked them by)")
     promote.add_argument("--mode", choices=["max", "min"], default=None,
                          help="max or min is best (default: min for losses, else max)")
     promote.add_argument("--model-name", default="captioner",
                          help="registered model name (default: %(default)s)")
     promote.add_argument("--alias", default="champion", help="alias (default: %(default)s)")
     _tracking_arg(promote)
+
+    experiments = commands.add_parser(
+        "experiments", help="the built-in experiments: list them, or copy one here to edit")
+    verbs = experiments.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", help="list the built-in experiments")
+    copy = verbs.add_parser("copy", help="copy a built-in experiment and its search space "
+                            "into experiments/ and search_spaces/ under a folder, to edit")
+    copy.add_argument("name", help="a built-in experiment (captioning experiments list)")
+    copy.add_argument("--to", type=Path, default=Path("."),
+                      help="the folder to copy into (default: this one)")
+    copy.add_argument("--force", action="store_true", help="overwrite files already there")
     return parser
 
 
@@ -211,7 +223,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples: expected at least 1, got {args.num_samples}")
     config = load_experiment(args.experiment, args.overrides)
-    result = run_sweep(config, experiment_path=args.experiment, search_space=args.search_space,
+    result = run_sweep(config, experiment_path=experiment_file(args.experiment),
+                       search_space=args.search_space,
                        num_samples=args.num_samples, address=args.address, storage=args.storage,
                        resume=args.resume, smoke_test=args.smoke_test)
     if result.interrupted:
@@ -271,13 +284,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from captioning.registry import promote
     from captioning.tracking import resolve_tracking_uri
 
-    experiment, configured_uri = args.experiment, None
-    if args.sweep_run is None and (experiment is None or experiment.endswith((".yaml", ".yml"))):
-        config = load_experiment(experiment or DEFAULT_EXPERIMENT)
-        experiment, configured_uri = config.name, config.sweep.tracking_uri
-    uri = resolve_tracking_uri(args.tracking_uri or configured_uri)
-    done = promote(uri, experiment=experiment, sweep_run=args.sweep_run, metric=args.metric,
-                   mode=args.mode, model_name=args.model_name, alias=args.alias)
+    done = promote(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
+                   sweep_run=args.sweep_run, metric=args.metric, mode=args.mode,
+                   model_name=args.model_name, alias=args.alias)
     print(f"sweep {done.sweep} (MLflow run {done.sweep_run_id}): {done.candidates} finished "
           f"trial(s) scored by {done.metric}")
     print(f"best: trial {done.trial_id} (run {done.run_id}), {done.metric} {done.value:.4f}")
@@ -295,9 +304,41 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    import yaml
+
+    from captioning.builtins import builtin_dir, builtin_names, builtin_path
+
+    if args.verb == "list":
+        for name in builtin_names():
+            lines = builtin_path(name).read_text(encoding="utf-8").splitlines()
+            header = " ".join(line.lstrip("# ").strip() for line in
+                              itertools.takewhile(lambda line: line.startswith("#"), lines))
+            print(f"{name:<12} {header.split('. ')[0].split(': ')[0].rstrip('.')}")
+        print("\nrun one: captioning sweep --experiment NAME; edit one: captioning experiments "
+              "copy NAME")
+        return 0
+    source = experiment_file(args.name)
+    space = yaml.safe_load(source.read_text(encoding="utf-8")).get("sweep", {}).get(
+        "search_space", "../search_spaces/default.yaml")
+    space_source = (source.parent / space).resolve()
+    copies = {source: args.to / "experiments" / source.name}
+    if space_source.parent == builtin_dir("search_spaces").resolve():
+        copies[space_source] = args.to / "search_spaces" / space_source.name
+    existing = [str(dest) for dest in copies.values() if dest.exists()]
+    if existing and not args.force:
+        raise ConfigError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+    for origin, dest in copies.items():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(origin.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"wrote {dest}")
+    print(f"run it: captioning sweep --experiment {copies[source]}")
+    return 0
+
+
 COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "caption": cmd_caption, "sweep": cmd_sweep,
-            "promote": cmd_promote}
+            "promote": cmd_promote, "experiments": cmd_experiments}
 
 
 def main(argv: list[str] | None = None) -> int:

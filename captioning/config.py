@@ -23,11 +23,21 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
+DEFAULT_EXPERIMENT = "quickstart"  # a built-in experiment (captioning experiments list)
+# Paths that an experiment file names are relative to that file (as Docker Compose resolves a
+# compose file's); data and output paths (data.root, output_dir, sweep.storage_path,
+# encoder.cache_dir) and everything given with --set are relative to the working directory.
+FILE_RELATIVE_KEYS = (("sweep", "search_space"), ("encoder", "weights"))
 
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
+
+
+def _builtin_space(name: str) -> Path:
+    from captioning.builtins import builtin_path
+
+    return builtin_path(name, "search_spaces")
 
 
 class _Section(BaseModel):
@@ -70,9 +80,11 @@ class EncoderConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _usable_weights(cls, weights: str) -> str:
-        if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
+        if weights in ("imagenet", "none"):
+            return weights
+        if not Path(weights).expanduser().is_file():
             raise ValueError(f"{weights} is not 'imagenet', 'none' or an existing weights file")
-        return weights
+        return str(Path(weights).expanduser().resolve())  # trials run in other folders
 
     @model_validator(mode="after")
     def _large_enough(self) -> EncoderConfig:
@@ -133,7 +145,8 @@ class ResourcesConfig(_Section):
 
 
 class SweepConfig(_Section):
-    search_space: Path = Path("search_spaces/default.yaml")
+    # Relative to the experiment file that names it; the default is the built-in default.yaml.
+    search_space: Path = Field(default_factory=lambda: _builtin_space("default"))
     num_samples: StrictInt = Field(8, ge=1)
     max_concurrent_trials: StrictInt = Field(2, ge=1)
     metric: Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"] = (
@@ -217,10 +230,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
-def load_experiment(path: Path | str | None = None, overrides: list[str] | None = None
+def experiment_file(experiment: Path | str | None) -> Path:
+    """The file of `experiment`: a built-in's name (`quickstart`), or a path."""
+    from captioning.builtins import builtin_names, builtin_path, is_name
+
+    experiment = experiment if experiment is not None else DEFAULT_EXPERIMENT
+    if is_name(experiment):
+        if str(experiment) not in builtin_names():
+            raise ConfigError(f"--experiment {experiment}: no such built-in experiment (there "
+                              f"are: {', '.join(builtin_names())}); give a path to a YAML "
+                              "file for one of your own")
+        return builtin_path(str(experiment))
+    return Path(experiment)
+
+
+def _relative_to_file(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The FILE_RELATIVE_KEYS of an experiment file's data, made absolute from its folder."""
+    for section, key in FILE_RELATIVE_KEYS:
+        node = data.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value not in ("imagenet", "none") \
+                and not Path(value).expanduser().is_absolute():
+            node[key] = os.path.normpath(folder / value)
+    return data
+
+
+def load_experiment(experiment: Path | str | None = None, overrides: list[str] | None = None
                     ) -> ExperimentConfig:
-    """Read an experiment YAML (default experiments/quickstart.yaml), apply overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_EXPERIMENT
+    """Read an experiment (a built-in's name or a YAML path; default: quickstart), apply
+    overrides, validate. Paths the file names are relative to it (FILE_RELATIVE_KEYS)."""
+    path = experiment_file(experiment)
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
     try:
@@ -232,8 +271,13 @@ def load_experiment(path: Path | str | None = None, overrides: list[str] | None 
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = _relative_to_file(data, path.resolve().parent)
     data = apply_overrides(data, overrides or [])
-    return parse_config(data, source=str(path))
+    from captioning.builtins import is_name
+
+    name = experiment if experiment is not None else DEFAULT_EXPERIMENT
+    return parse_config(data, source=f"{name} (built-in experiment)" if is_name(name)
+                        else str(path))
 
 
 def save_config(config: ExperimentConfig, path: Path) -> None:

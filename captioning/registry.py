@@ -1,7 +1,7 @@
 """The MLflow Model Registry: promote a sweep's best trial, and fetch a model by URI.
 
-    captioning promote [--experiment NAME | --sweep-run RUN_ID] [--metric val_bleu4]
-                       [--mode max] [--model-name captioner] [--alias champion]
+    captioning promote [--experiment NAME | --sweep-run RUN_ID] [--metric M] [--mode max]
+                       [--model-name captioner] [--alias champion]
 
 Promotion registers the best finished trial's logged model as a version of the registered
 model (once: promoting the same trial again reuses its version) and points the alias at it.
@@ -62,16 +62,23 @@ def _sweep_run(client: MlflowClient, experiment: str | None, sweep_run: str | No
                                 f"no {SWEEP_TAG} tag); pass the run that `captioning sweep` "
                                 "printed as the MLflow parent run")
         return run
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise RegistryError(f"--experiment {experiment}: no such MLflow experiment "
-                            f"(there are: {', '.join(names) or 'none'})")
-    runs = client.search_runs([found.experiment_id],
-                              filter_string=f"tags.`{SWEEP_TAG}` LIKE '%'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    if experiment is None:  # the newest sweep of any experiment
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise RegistryError(f"--experiment {experiment}: no such MLflow experiment "
+                                f"(there are: {', '.join(names) or 'none'})")
+        ids = [found.experiment_id]
+    runs = client.search_runs(ids, filter_string=f"tags.`{SWEEP_TAG}` LIKE '%'",
+                              order_by=["attributes.start_time DESC"], max_results=1) \
+        if ids else []
     if not runs:
-        raise RegistryError(f"--experiment {experiment}: no sweep has run in it")
+        where = f"--experiment {experiment}: no sweep has run in it" if experiment else \
+            "no sweep has run in this tracking store (run captioning sweep, or pass " \
+            "--tracking-uri)"
+        raise RegistryError(where)
     return runs[0]
 
 
@@ -113,15 +120,14 @@ def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict) -> s
 
 
 def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str | None = None,
-            metric: str = "val_bleu4", mode: str | None = None, model_name: str = "captioner",
+            metric: str | None = None, mode: str | None = None, model_name: str = "captioner",
             alias: str = "champion") -> Promotion:
     """Register the best finished trial of a sweep and point `alias` at it (see module doc).
 
     The sweep is `sweep_run` (its parent run id), else the newest sweep in MLflow experiment
-    `experiment`. Trials are ranked by `metric` at the epoch their model was kept.
+    `experiment`, else the newest sweep in the store. Trials are ranked by `metric` (default:
+    the one the sweep ranked them by) at the epoch their model was kept.
     """
-    if mode is None:
-        mode = "min" if metric in LOWER_IS_BETTER else "max"
     check_reachable(tracking_uri)
     try:
         return _promote(MlflowClient(tracking_uri, registry_uri=tracking_uri), tracking_uri,
@@ -132,9 +138,14 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
 
 
 def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
-             sweep_run: str | None, metric: str, mode: str, model_name: str,
+             sweep_run: str | None, metric: str | None, mode: str | None, model_name: str,
              alias: str) -> Promotion:
     sweep = _sweep_run(client, experiment, sweep_run)
+    if metric is None:
+        metric = sweep.data.params.get("metric", "val_bleu4")
+        mode = mode or sweep.data.params.get("mode")
+    if mode is None:
+        mode = "min" if metric in LOWER_IS_BETTER else "max"
     name = sweep.data.tags.get(SWEEP_TAG)
     found, models, seen = _candidates(client, sweep, metric)
     if not found:

@@ -106,7 +106,7 @@ def test_an_unknown_config_key_is_a_one_line_error_before_any_work(tmp_path):
     result = run_cli("train", "--set", "model.lstm_unitz=3", "--set", f"output_dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: experiments/quickstart.yaml: model.lstm_unitz: unknown key")
+        "error: quickstart (built-in experiment): model.lstm_unitz: unknown key")
     assert not any(tmp_path.iterdir())
 
 

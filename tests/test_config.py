@@ -1,5 +1,6 @@
 """Experiment config: defaults, one-line errors naming the key, --set overrides, shipped files."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,51 @@ def test_shipped_experiment_validates_and_keeps_every_value(path):
     written = leaves(yaml.safe_load(path.read_text(encoding="utf-8")))
     resolved = leaves(config.to_dict())
     for key, value in written.items():
+        if key == "sweep.search_space":  # written relative to the experiment file
+            value = os.path.normpath(path.parent / value)
         assert resolved[key] == (str(value) if isinstance(resolved[key], str) else value), key
+
+
+def test_paths_an_experiment_file_names_are_relative_to_that_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "experiments"
+    folder.mkdir(parents=True)
+    weights = tmp_path / "project" / "weights.h5"
+    weights.write_bytes(b"not read here")
+    (folder / "mine.yaml").write_text(
+        "sweep: {search_space: ../spaces/mine.yaml}\n"
+        "encoder: {weights: ../weights.h5}\n"
+        "data: {root: data/flickr8k}\noutput_dir: runs\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_experiment("../project/experiments/mine.yaml")
+    assert config.sweep.search_space == tmp_path / "project" / "spaces" / "mine.yaml"
+    assert config.encoder.weights == str(weights)
+    # Data and output paths stay relative to the working directory.
+    assert config.data.root == Path("data/flickr8k") and config.output_dir == Path("runs")
+
+
+def test_a_path_given_with_set_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "w.h5").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    config = load_experiment("quickstart", ["encoder.weights=w.h5",
+                                            "sweep.search_space=my_space.yaml"])
+    assert config.encoder.weights == str(tmp_path / "w.h5")
+    assert config.sweep.search_space == Path("my_space.yaml")
+
+
+def test_a_built_in_experiment_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_experiment("quickstart")
+    assert config.name == "quickstart"
+    assert config.sweep.search_space.is_file()
+    assert load_experiment().name == "quickstart"
+
+
+def test_an_unknown_built_in_name_is_an_error_listing_the_built_ins():
+    with pytest.raises(ConfigError, match="no such built-in experiment .there are: "
+                                          "flickr30k, flickr8k, quickstart."):
+        load_experiment("quickstrat")
 
 
 def test_saved_config_reads_back_equal(tmp_path):
