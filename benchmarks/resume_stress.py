@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's captioning, as its sweeps use
 
 
 def sweep_command(name: str, work: Path, data: Path, resume: bool) -> list[str]:

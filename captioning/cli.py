@@ -169,7 +169,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                              f"{prepared.features.path}",
     })
     skipped = prepared.dataset.skipped
-    print(f"skipped: {len(skipped)} image(s), {summary['skipped_captions']} caption(s)")
+    images = prepared.dataset.skipped_images()
+    print(f"skipped: {len(images)} image(s) with their {sum(r.captions for r in images)} "
+          f"caption(s), and {summary['skipped_captions'] - sum(r.captions for r in images)} "
+          "more caption(s) of images kept")
     for row in skipped:
         print(f"  {row.image}: {row.reason} ({row.captions} caption(s))")
     return 0

@@ -12,6 +12,7 @@ extractor and removed with :meth:`Dataset.without`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -108,6 +109,24 @@ class Dataset:
             splits={s: [n for n in names if n not in gone] for s, names in self.splits.items()},
             skipped=self.skipped + rows,
         )
+
+    def digest(self) -> str:
+        """A short hash of the captions and splits: the same data gives the same digest."""
+        content = json.dumps({"captions": self.captions, "splits": self.splits},
+                             sort_keys=True).encode()
+        return hashlib.sha256(content).hexdigest()[:10]
+
+    def profile(self) -> dict:
+        """Images and captions per split, and the layout: what an MLflow dataset input shows."""
+        return {"layout": self.layout,
+                **{f"{split}_images": len(self.splits.get(split, [])) for split in SPLITS},
+                **{f"{split}_captions": sum(len(self.captions[n])
+                                           for n in self.splits.get(split, []))
+                   for split in SPLITS}}
+
+    def skipped_images(self) -> list[Skipped]:
+        """The rows of images left out entirely (not those of which only a caption was)."""
+        return [row for row in self.skipped if row.image not in self.captions]
 
     def summary(self) -> dict:
         """Sizes for logging: a flat dict of ints/floats/str.

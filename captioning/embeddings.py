@@ -67,6 +67,8 @@ def spacy_embedding_matrix(model: str | Any, vocab: Vocabulary, seed: int = 0
         else:
             missing.append(word)
     coverage = 1.0 - len(missing) / max(len(words), 1)
-    log.info("spaCy %s covers %.1f%% of %d words (%d without a vector)", model,
+    name = model if isinstance(model, str) else f"{nlp.meta.get('lang', '?')}_" \
+        f"{nlp.meta.get('name', '?')} {nlp.meta.get('version', '')}".strip()
+    log.info("spaCy %s covers %.1f%% of %d words (%d without a vector)", name,
              100 * coverage, len(words), len(missing))
     return EmbeddingMatrix(matrix, coverage, tuple(missing))

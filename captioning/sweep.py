@@ -29,17 +29,18 @@ from captioning import search_space as spaces
 from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
 from captioning.errors import first_line
+from captioning.figures import search_plot
 from captioning.prepare import ensure_data
 from captioning.resume import CheckpointKeeper, keep_only_latest, repair_state
 from captioning.tracking import (
     EPOCH_METRICS,
     SweepTracker,
     check_reachable,
+    dataset_input,
     fail_fast,
     flatten,
     is_unreachable,
     resolve_tracking_uri,
-    search_plot,
     temp_dir,
     tracking_failure,
 )
@@ -154,9 +155,10 @@ class MlflowTrials(tune.Callback):
     MAX_BACKOFF_S = 30.0
     TIMEOUT_S = 30  # a server that accepts but does not answer holds the driver this long
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any]):
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any],
+                 dataset: Any = None):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
-        self.base = base
+        self.base, self.dataset = base, dataset  # dataset: the MLflow input every trial logs
         self.max_epochs = int(base["train"]["epochs"])
         self.pending: list[tuple[str, str, Any]] = []  # (kind, trial id, payload), in order
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
@@ -190,7 +192,8 @@ class MlflowTrials(tune.Callback):
     def _run_id(self, trial_id: str) -> str:
         if trial_id not in self.runs:
             name, params = self.names[trial_id]
-            self.runs[trial_id] = self.tracker.trial_run(trial_id, name, params)
+            self.runs[trial_id] = self.tracker.trial_run(trial_id, name, params,
+                                                         getattr(self, "dataset", None))
         return self.runs[trial_id]
 
     def _send(self, kind: str, trial_id: str, payload: Any) -> None:
@@ -403,6 +406,9 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         update={"storage_path": storage_path})})
     base = config.to_dict()
 
+    dataset = load_dataset(config.data.root, config.data.format,
+                           split_seed=config.data.split_seed,
+                           keep_one_letter_words=config.data.keep_one_letter_words)
     tracker = SweepTracker(uri, config.name)
     if resume and not tune.Tuner.can_restore(sweep_dir):
         if tracker.find_parent(sweep_dir) is None:
@@ -421,9 +427,6 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             log.warning("%s", repaired)
         say(f"resuming sweep {sweep_dir} (MLflow parent run {tracker.parent_run_id})")
     elif tracker.parent_run_id is None:
-        dataset = load_dataset(config.data.root, config.data.format,
-                               split_seed=config.data.split_seed,
-                               keep_one_letter_words=config.data.keep_one_letter_words)
         params = {
             "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
             "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
@@ -440,7 +443,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         files = {"search_space": space_path}
         if experiment_path is not None:
             files["experiment"] = Path(experiment_path)
-        tracker.start_parent(config.name, sweep_dir, params, files)
+        tracker.start_parent(config.name, sweep_dir, params, files, dataset_input(dataset))
 
     function = tune.with_resources(
         tune.with_parameters(trainable or train_trial, base=base),
@@ -467,7 +470,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=storage_path,
-                callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base),
+                callbacks=[MlflowTrials(uri, config.name, tracker.parent_run_id, base,
+                                        dataset_input(dataset)),
                            CheckpointKeeper(sweep_dir), *(callbacks or [])],
                 failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
                 # Ray deletes no checkpoint: CheckpointKeeper does, once it is safe.

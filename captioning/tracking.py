@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunStatus,
+)
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from captioning.errors import TrackingError, first_line
 
@@ -29,6 +38,8 @@ TRIAL_TAG = "captioning.trial_id"
 MODEL_TAG = "captioning.model_id"  # on a trial's run: the id of its logged MLflow model
 SWEEP_TAG = "captioning.sweep"
 SWEEP_DIR_TAG = "captioning.sweep_dir"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_bleu1", "val_bleu2",
                  "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l")
 
@@ -126,8 +137,25 @@ def tracking_failure(uri: str, done: str):
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment `name`, created if need be, marked as model training: MLflow 3's UI then
+    opens it on its training runs, not on the GenAI overview (traces, token usage)."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def dataset_input(dataset: Any, context: str = "training") -> DatasetInput:
+    """A `datasets.Dataset` as an MLflow dataset input: its folder's name, digest, where it is,
+    and images and captions per split (the runs table's Dataset column shows name and
+    digest; the run page shows the profile)."""
+    entity = Dataset(name=Path(dataset.root).name, digest=dataset.digest(), source_type="local",
+                     source=json.dumps({"uri": str(Path(dataset.root).resolve()),
+                                        "layout": dataset.layout}),
+                     profile=json.dumps(dataset.profile()))
+    return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def _param_value(value: Any) -> str:
@@ -157,11 +185,13 @@ class SweepTracker:
         self.parent_run_id = parent_run_id
 
     def start_parent(self, name: str, sweep_dir: str, params: Mapping[str, Any],
-                     files: Mapping[str, Path]) -> str:
+                     files: Mapping[str, Path], dataset: DatasetInput | None = None) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={SWEEP_TAG: name, SWEEP_DIR_TAG: sweep_dir})
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
+        if dataset is not None:
+            self.client.log_inputs(self.parent_run_id, datasets=[dataset])
         for folder, path in files.items():
             self.client.log_artifact(self.parent_run_id, str(path), artifact_path=folder)
         return self.parent_run_id
@@ -183,7 +213,8 @@ class SweepTracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
-    def trial_run(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
+    def trial_run(self, trial_id: str, name: str, params: Mapping[str, Any],
+                  dataset: DatasetInput | None = None) -> str:
         """The child run of a trial: found again on resume or retry, so every trial shows
         once."""
         found = self.client.search_runs(
@@ -200,6 +231,8 @@ class SweepTracker:
                 tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id}
             ).info.run_id
         self.log_params(run_id, params)  # again if found: a retry may have been cut short
+        if dataset is not None and not found:
+            self.client.log_inputs(run_id, datasets=[dataset])
         return run_id
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, Any],
@@ -231,7 +264,19 @@ class SweepTracker:
                     "prediction": [r["prediction"] for r in rows],
                     "references": [" | ".join(r["references"]) for r in rows],
                 }, artifact_file="val_samples.json")
+                self._log_sample_grid(run_id, rows)
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+
+    def _log_sample_grid(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """A picture of validation images with the predicted caption under each."""
+        from captioning.figures import sample_grid
+
+        folder = temp_dir()
+        grid = sample_grid(rows, folder / "val_samples.png")
+        if grid is not None:
+            self.client.log_artifact(run_id, str(grid))
+        else:
+            log.info("run %s: no validation image is readable here; no sample picture", run_id)
 
     def _log_model(self, run_id: str, checkpoint_dir: Path) -> None:
         """The trial's best epoch as an MLflow model, once; a failure is tagged, not raised,
@@ -293,33 +338,6 @@ class SweepTracker:
             [self.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
             max_results=10000)
-
-
-def search_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
-    """A scatter of the metric against every searched parameter, one panel each, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for r in rows for k in r["params"]})
-    if not rows or not keys:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        points = [(r["params"][key], r["value"]) for r in rows if key in r["params"]]
-        xs = [str(x) if isinstance(x, str | bool) else x for x, _ in points]
-        ax.scatter(xs, [y for _, y in points], alpha=0.7)
-        ax.set_xlabel(key)
-        if key == "train.learning_rate":
-            ax.set_xscale("log")
-        ax.tick_params(axis="x", labelrotation=30)
-    axes[0][0].set_ylabel(metric)
-    fig.suptitle(f"{metric} of every trial against each searched parameter")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def temp_dir() -> Path:

@@ -106,7 +106,8 @@ class _EpochEnd(keras.callbacks.Callback):
             files["model.keras"] = self.model.save
             if self.score_images:
                 files["samples.json"] = _json([
-                    {"image": name, "prediction": caption,
+                    {"image": name, "path": str(self.prepared.dataset.image_path(name)),
+                     "prediction": caption,
                      "references": [strip_markers(r) for r in references[name]]}
                     for name, caption in zip(self.score_images, captions, strict=True)][:50])
             files["metrics.json"] = _json(metrics)

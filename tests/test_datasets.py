@@ -440,3 +440,26 @@ def test_images_are_sorted_and_paths_point_into_the_image_folder(small_dataset):
     assert images == sorted(small_dataset.captions)
     assert small_dataset.image_path(images[0]) == small_dataset.image_dir / images[0]
     assert small_dataset.image_path(images[0]).is_file()
+
+
+def test_skipped_images_are_counted_apart_from_captions_dropped_from_kept_images(tmp_path):
+    make_images(tmp_path / "Images", ["a.jpg", "b.jpg"])
+    write_kaggle(tmp_path, ["a.jpg"], extra_lines=["a.jpg, . ", "b.jpg,42 !", "b.jpg,a",
+                                                  "gone.jpg,A dog .", "gone.jpg,A cat ."])
+    ds = load_dataset(tmp_path)
+    assert sorted((row.image, row.captions) for row in ds.skipped_images()) == [
+        ("b.jpg", 2), ("gone.jpg", 2)]  # a.jpg is kept, with one caption fewer
+    assert ds.summary()["skipped_captions"] == 5
+
+
+def test_the_digest_changes_with_the_captions_and_the_profile_counts_each_split(tmp_path):
+    make_images(tmp_path / "Images", ["a.jpg", "b.jpg", "c.jpg"])
+    write_kaggle(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    first = load_dataset(tmp_path)
+    assert first.digest() == load_dataset(tmp_path).digest()
+    profile = first.profile()
+    assert sum(profile[f"{s}_images"] for s in ("train", "val", "test")) == 3
+    assert sum(profile[f"{s}_captions"] for s in ("train", "val", "test")) == sum(
+        len(c) for c in first.captions.values())
+    write_kaggle(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], extra_lines=["a.jpg,A new caption ."])
+    assert load_dataset(tmp_path).digest() != first.digest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import ray
 from mlflow import MlflowClient
 
 from captioning.config import load_experiment
+from captioning.datasets import load_dataset
 from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG
 from conftest import REPO, free_port, run_cli, trial_runs
@@ -40,7 +42,8 @@ def smoke_sweep(sample_root, tmp_path_factory, mlflow_server, local_ray):
     return result, tmp
 
 
-def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep, mlflow_server):
+def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep, mlflow_server,
+                                                                   sample_root):
     result, _ = smoke_sweep
     client = MlflowClient(mlflow_server)
     parent = client.get_run(result.parent_run_id)
@@ -53,9 +56,24 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_trial.json", "search", "search_space", "experiment"} <= parent_files
 
+    # The MLflow UI opens the experiment on its training runs, not on the GenAI overview.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    dataset = load_dataset(sample_root)
+
+    def dataset_of(run_id: str):
+        [used] = client.get_run(run_id).inputs.dataset_inputs
+        return used.dataset
+
+    logged = dataset_of(parent.info.run_id)
+    assert (logged.name, logged.digest) == (sample_root.name, dataset.digest())
+    assert json.loads(logged.profile) == dataset.profile()
+    assert json.loads(logged.profile)["train_images"] == len(dataset.splits["train"])
+
     runs = trial_runs(mlflow_server, "smoke", result.parent_run_id)
     assert len(runs) == result.trials == 4
     for run in runs:
+        assert dataset_of(run.info.run_id).digest == dataset.digest()
         assert run.info.status == "FINISHED"
         assert run.data.params["encoder.name"] in run.info.run_name
         assert {"model.lstm_units", "train.learning_rate", "data.root"} <= set(run.data.params)
@@ -72,7 +90,8 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         assert linked["val_bleu4"].value == max(m.value for m in history)
         assert linked["val_bleu4"].step == min(m.step for m in history
                                                if m.value == linked["val_bleu4"].value)
-        assert "val_samples.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"val_samples.json", "val_samples.png"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.data.tags["early_stopped"] == str(
             int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()
 

@@ -1,0 +1,79 @@
+"""Figures logged to MLflow: a sweep's metric against each searched parameter, and a trial's
+validation images with the caption it predicts under each. Matplotlib, drawn off screen."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sample_grid(rows: list[dict[str, Any]], path: Path, *, count: int = 8,
+                columns: int = 4) -> Path | None:
+    """Up to `count` of `rows` (samples.json: image path, prediction, references) as a grid:
+    each image with the predicted caption under it and its first reference, in grey, above.
+    None if no image is readable here."""
+    from PIL import Image, UnidentifiedImageError
+
+    shown = []
+    for row in rows:
+        try:
+            with Image.open(row.get("path", "")) as image:
+                shown.append((image.convert("RGB").resize((224, 224)), row))
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+        if len(shown) == count:
+            break
+    if not shown:
+        return None
+    plt = _pyplot()
+    lines = (len(shown) + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 4.3 * lines + 0.5),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, row) in zip(axes.ravel(), shown, strict=False):
+        ax.imshow(image)
+        if row.get("references"):
+            ax.set_title(textwrap.fill(row["references"][0], 40), fontsize=7, color="0.45")
+        ax.text(0.5, -0.03, textwrap.fill(row["prediction"] or "(no words)", 34),
+                transform=ax.transAxes, ha="center", va="top", fontsize=9)
+    fig.suptitle("validation images: the predicted caption under each, a human one above")
+    # Room under each image for its caption (tight_layout does not see text outside axes).
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / fig.get_figheight(),
+                        bottom=0.75 / fig.get_figheight(), wspace=0.08, hspace=0.38)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def search_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    """A scatter of the metric against every searched parameter, one panel each, as PNG."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    if not rows or not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        points = [(r["params"][key], r["value"]) for r in rows if key in r["params"]]
+        xs = [str(x) if isinstance(x, str | bool) else x for x, _ in points]
+        ax.scatter(xs, [y for _, y in points], alpha=0.7)
+        ax.set_xlabel(key)
+        if key == "train.learning_rate":
+            ax.set_xscale("log")
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{metric} of every trial against each searched parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
