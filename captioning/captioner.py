@@ -11,7 +11,7 @@ import numpy as np
 
 from captioning.config import ConfigError, ExperimentConfig, parse_config
 from captioning.decode import generate
-from captioning.encoders import ENCODERS, build_encoder
+from captioning.encoders import build_encoder
 from captioning.errors import ModelDirError, first_line
 from captioning.features import encode_images
 from captioning.images import ImageError, ImageSource
@@ -32,15 +32,17 @@ def check_model_files(model_dir: Path) -> None:
 
 
 def read_model_config(model_dir: Path) -> ExperimentConfig:
-    """config.json of a model directory; an encoder weights file named relative to the
-    directory (as in a packaged model, see `registry.package`) is resolved against it."""
+    """config.json of a model directory; an encoder weights or model file named relative to
+    the directory (as in a packaged model, see `mlflow_model.package`) is resolved against
+    it."""
     path = model_dir / "config.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     encoder = data.get("encoder") if isinstance(data, dict) else None
-    weights = encoder.get("weights") if isinstance(encoder, dict) else None
-    if isinstance(weights, str) and not Path(weights).is_absolute() \
-            and (model_dir / weights).is_file():
-        data["encoder"]["weights"] = str((model_dir / weights).resolve())
+    for key in ("weights", "model"):
+        value = encoder.get(key) if isinstance(encoder, dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute() \
+                and (model_dir / value).is_file():
+            data["encoder"][key] = str((model_dir / value).resolve())
     return parse_config(data, source=str(path))
 
 
@@ -99,9 +101,7 @@ class Captioner:
         """The image encoder of config.json, built on first use (Keras fetches ImageNet
         weights on this machine, once)."""
         if self._encoder is None:
-            encoder_config = self.config.encoder
-            size = encoder_config.image_size or ENCODERS[encoder_config.name].image_size
-            self._encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
+            self._encoder = build_encoder(self.config.encoder)
         return self._encoder
 
     def caption_images(self, sources: list[ImageSource], beam_width: int | None = None,

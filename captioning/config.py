@@ -27,7 +27,7 @@ DEFAULT_EXPERIMENT = "quickstart"  # a built-in experiment (captioning experimen
 # Paths that an experiment file names are relative to that file (as Docker Compose resolves a
 # compose file's); data and output paths (data.root, output_dir, sweep.storage_path,
 # encoder.cache_dir) and everything given with --set are relative to the working directory.
-FILE_RELATIVE_KEYS = (("sweep", "search_space"), ("encoder", "weights"))
+FILE_RELATIVE_KEYS = (("sweep", "search_space"), ("encoder", "weights"), ("encoder", "model"))
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,14 @@ def _builtin_space(name: str) -> Path:
     from captioning.builtins import builtin_path
 
     return builtin_path(name, "search_spaces")
+
+
+class _KeyError(ValueError):
+    """A value error of one key of a section, found by a check across its keys."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 class _Section(BaseModel):
@@ -57,25 +65,28 @@ class DataConfig(_Section):
 
 
 class EncoderConfig(_Section):
+    # A keras.applications CNN in snake case (captioning.encoders): inception_v3, resnet50,
+    # mobilenet, efficientnet_b0, ... With `model` set, only a label for it.
     name: str = "inception_v3"
     # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
     weights: str = "imagenet"
-    # None = the encoder's native input size (299 for inception_v3, 224 for resnet50).
+    # The width multiplier of the families that have one (mobilenet, mobilenet_v2,
+    # mobilenet_v3_*); None = the constructor's default (1.0).
+    alpha: StrictFloat | None = Field(None, gt=0)
+    # A saved Keras model of one's own (.keras, loaded in safe mode) from images to a feature
+    # map or vector, instead of a keras.applications CNN; `preprocess` says how it wants its
+    # pixels: tf ([-1, 1]), torch or caffe (keras.applications.imagenet_utils), none (0..255,
+    # for a model that rescales itself), or a built-in encoder's name (its preprocess_input).
+    model: Path | None = None
+    preprocess: str | None = None
+    # None = the encoder's native input size (299 for inception_v3, 224 for resnet50), or the
+    # input size of `model`.
     image_size: StrictInt | None = Field(None, ge=32)
     batch_size: StrictInt = Field(32, ge=1)
     # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
     cache_dir: Path | None = None
     cache_dtype: Literal["float32", "float16"] = "float32"
     decode_workers: StrictInt = Field(4, ge=1)
-
-    @field_validator("name")
-    @classmethod
-    def _known_encoder(cls, name: str) -> str:
-        from captioning.encoders import ENCODERS
-
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-        return name
 
     @field_validator("weights")
     @classmethod
@@ -86,14 +97,45 @@ class EncoderConfig(_Section):
             raise ValueError(f"{weights} is not 'imagenet', 'none' or an existing weights file")
         return str(Path(weights).expanduser().resolve())  # trials run in other folders
 
-    @model_validator(mode="after")
-    def _large_enough(self) -> EncoderConfig:
-        from captioning.encoders import ENCODERS
+    @field_validator("model")
+    @classmethod
+    def _existing_model(cls, model: Path | None) -> Path | None:
+        if model is None:
+            return None
+        if not Path(model).expanduser().is_file():
+            raise ValueError(f"{model} is not a file (a saved Keras model, .keras)")
+        return Path(model).expanduser().resolve()
 
-        smallest = ENCODERS[self.name].min_size
-        if self.image_size is not None and self.image_size < smallest:
-            raise ValueError(f"image_size {self.image_size} is below {self.name}'s smallest "
-                             f"input, {smallest}")
+    @model_validator(mode="after")
+    def _fits(self) -> EncoderConfig:
+        from captioning.encoders import PREPROCESS_MODES, encoders
+
+        known = encoders()
+        if self.model is not None:
+            if self.preprocess is None or (self.preprocess not in PREPROCESS_MODES
+                                           and self.preprocess not in known):
+                raise _KeyError("preprocess", f"{self.preprocess!r}: with encoder.model, say "
+                                f"how its pixels are scaled: one of {', '.join(PREPROCESS_MODES)}"
+                                " or a built-in encoder's name")
+            if self.weights not in ("imagenet", "none") or self.alpha is not None:
+                key = "alpha" if self.alpha is not None else "weights"
+                raise _KeyError(key, "a model of one's own (encoder.model) carries its own "
+                                "weights and width")
+            return self
+        if self.name not in known:
+            raise _KeyError("name", f"unknown encoder {self.name!r}; choose one of "
+                            f"{', '.join(known)}")
+        if self.preprocess is not None:
+            raise _KeyError("preprocess", f"only for encoder.model; {self.name} uses its own "
+                            "preprocess_input")
+        spec = known[self.name]
+        if self.alpha is not None and not spec.has_alpha:
+            takes = ", ".join(n for n, s in known.items() if s.has_alpha)
+            raise _KeyError("alpha", f"{self.name} has no width multiplier; only {takes} "
+                            "take alpha")
+        if self.image_size is not None and self.image_size < spec.min_size:
+            raise _KeyError("image_size", f"{self.image_size} is below {self.name}'s smallest "
+                            f"input, {spec.min_size}")
         return self
 
     def resolved_cache_dir(self) -> Path:
@@ -195,7 +237,9 @@ class ExperimentConfig(_Section):
 
 def _error_line(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    cause = (first.get("ctx") or {}).get("error")
+    loc = [*first["loc"], *([cause.key] if isinstance(cause, _KeyError) else [])]
+    key = ".".join(str(part) for part in loc) or "(top level)"
     message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
     if first["type"] == "value_error":
         message = message.removeprefix("Value error, ")

@@ -25,7 +25,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from captioning.config import EncoderConfig
-from captioning.encoders import ENCODERS, RANDOM_WEIGHTS_SEED, build_encoder
+from captioning.encoders import RANDOM_WEIGHTS_SEED, build_encoder, input_size, preprocessing
 from captioning.files import write_whole
 from captioning.images import ImageError, ImageSource, load_image
 
@@ -56,12 +56,16 @@ class FeatureSet:
         return int(self.array.shape[1])
 
 
+def _file_identity(path: str | Path) -> dict[str, object]:
+    stat = Path(path).expanduser().stat()
+    return {"file": str(Path(path).expanduser().resolve()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
+
+
 def _weights_identity(weights: str) -> object:
     if weights in ("imagenet", "none"):
         return weights if weights == "imagenet" else f"none:{RANDOM_WEIGHTS_SEED}"
-    stat = Path(weights).expanduser().stat()
-    return {"file": str(Path(weights).expanduser().resolve()), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    return _file_identity(weights)
 
 
 def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> str:
@@ -77,7 +81,10 @@ def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> 
         "format": CACHE_FORMAT,
         "encoder": encoder.name,
         "weights": _weights_identity(encoder.weights),
-        "image_size": encoder.image_size or ENCODERS[encoder.name].image_size,
+        "alpha": encoder.alpha,
+        "model": _file_identity(encoder.model) if encoder.model else None,
+        "preprocess": encoder.preprocess,
+        "image_size": input_size(encoder),
         "dtype": encoder.cache_dtype,
         "images": images,
     }
@@ -135,9 +142,8 @@ def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence
     Returns (features (kept, dim), positions in `sources` of the kept rows, and the error of
     every other position).
     """
-    spec = ENCODERS[encoder_config.name]
-    size = encoder_config.image_size or spec.image_size
-    preprocess = spec.preprocess()
+    size = input_size(encoder_config)
+    preprocess = preprocessing(encoder_config)
     rows: list[np.ndarray] = []
     kept: list[int] = []
     errors: dict[int, ImageError] = {}
@@ -150,7 +156,9 @@ def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence
                       if isinstance(result, ImageError))
         if good:
             pixels = preprocess(np.stack([array for _, array in good]).astype("float32"))
-            vectors = np.asarray(encoder.predict_on_batch(pixels))  # (batch, dim)
+            vectors = np.asarray(encoder.predict_on_batch(pixels))  # (batch, [h, w,] dim)
+            if vectors.ndim == 4:  # a feature map: its mean over positions (average pooling)
+                vectors = vectors.mean(axis=(1, 2))
             rows.append(vectors.astype(encoder_config.cache_dtype))
             kept.extend(position for position, _ in good)
         bar.update(len(batch))
@@ -163,8 +171,7 @@ def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence
 def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str],
             progress: bool = True) -> tuple[np.ndarray, list[str], dict[str, str]]:
     """Run the encoder over images; returns (features, names kept, skipped name -> reason)."""
-    size = encoder_config.image_size or ENCODERS[encoder_config.name].image_size
-    encoder = build_encoder(encoder_config.name, encoder_config.weights, size)
+    encoder = build_encoder(encoder_config)
     paths = [image_dir / name for name in names]
     array, kept, errors = encode_images(encoder, encoder_config, paths, progress)
     for error in errors.values():

@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from captioning.encoders import ENCODERS
+from captioning.encoders import input_size
 from captioning.tracking import using
 
 ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
@@ -129,7 +129,7 @@ def requirements() -> list[str]:
 
 def package(model_dir: Path, dest: Path) -> Path:
     """Copy what captioning needs from a model directory into `dest`: the best model, vocab,
-    config and scores, and a local encoder weights file (renamed, made relative)."""
+    config and scores, and a local encoder weights file or model (renamed, made relative)."""
     from captioning.captioner import check_model_files, read_model_config
 
     check_model_files(model_dir)
@@ -138,13 +138,17 @@ def package(model_dir: Path, dest: Path) -> Path:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    # Resolved as loading does: a packaged model's weights file is relative to its folder.
-    weights = read_model_config(model_dir).encoder.weights
-    if weights not in ("imagenet", "none"):
-        source = Path(weights).expanduser()
-        bundled = "encoder" + "".join(source.suffixes[-2:])
-        shutil.copy2(source, dest / bundled)
-        config["encoder"]["weights"] = bundled
+    # Resolved as loading does: a packaged model's encoder files are relative to its folder.
+    encoder = read_model_config(model_dir).encoder
+    files = {"weights": encoder.weights if encoder.weights not in ("imagenet", "none")
+             else None, "model": str(encoder.model) if encoder.model else None}
+    for key, path in files.items():
+        if path is not None:
+            source = Path(path).expanduser()
+            bundled = f"encoder-{key}" + "".join(source.suffixes[-2:])
+            shutil.copy2(source, dest / bundled)
+            config["encoder"][key] = bundled
+    if any(files.values()):
         (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return dest
 
@@ -172,7 +176,6 @@ def log_captioner(tracking_uri: str, run_id: str, model_dir: Path, step: int) ->
             pip_requirements=requirements(), step=step,
             metadata={"captioning.encoder": config.encoder.name,
                       "captioning.encoder_weights": bundled["encoder"]["weights"],
-                      "captioning.image_size": config.encoder.image_size
-                      or ENCODERS[config.encoder.name].image_size,
+                      "captioning.image_size": input_size(config.encoder),
                       "captioning.max_length": config.decode.max_length})
     return info.model_id

@@ -239,7 +239,7 @@ def test_the_imagenet_preload_builds_each_named_encoder_through_the_registry(mon
     assert arg_defaults(before_from=False)["PRELOAD_IMAGENET"] == "", "preload is off by default"
     built = []
     monkeypatch.setattr(encoders, "build_encoder",
-                        lambda name, weights: built.append((name, weights)))
+                        lambda config: built.append((config.name, config.weights)))
     snippet = python_snippet("PRELOAD_IMAGENET")
 
     monkeypatch.setenv("PRELOAD_IMAGENET", "inception_v3  resnet50")
@@ -249,7 +249,7 @@ def test_the_imagenet_preload_builds_each_named_encoder_through_the_registry(mon
     built.clear()
     monkeypatch.setenv("PRELOAD_IMAGENET", "all")
     exec(snippet, {})
-    assert built == [(name, "imagenet") for name in sorted(encoders.ENCODERS)]
+    assert built == [(name, "imagenet") for name in sorted(encoders.encoders())]
 
     built.clear()
     monkeypatch.setenv("PRELOAD_IMAGENET", "resnet50 resnet_9000")

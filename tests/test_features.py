@@ -319,7 +319,7 @@ def test_encoder_weights_can_be_a_local_weights_file(sample, tmp_path):
 
     image_dir, names = sample
     weights = tmp_path / "encoder.weights.h5"
-    build_encoder("inception_v3", "none", SIZE).save_weights(weights)
+    build_encoder(encoder(tmp_path)).save_weights(weights)
     from_none = load_or_extract(encoder(tmp_path / "a"), image_dir, names, progress=False)
     from_file = load_or_extract(encoder(tmp_path / "b", weights=str(weights)), image_dir, names,
                                 progress=False)

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from captioning.captioner import Captioner
+from captioning.config import EncoderConfig
 from captioning.encoders import build_encoder
 from captioning.errors import ModelDirError
 from captioning.mlflow_model import (
@@ -147,7 +148,8 @@ def test_the_saved_model_has_a_signature_an_input_example_and_no_pickle(pyfunc):
 def test_a_local_encoder_weights_file_travels_inside_the_packaged_model(model_dir, sample_root,
                                                                         tmp_path):
     weights = tmp_path / "my_encoder.weights.h5"
-    build_encoder("inception_v3", "none", 75).save_weights(weights)
+    build_encoder(EncoderConfig(name="inception_v3", weights="none", image_size=75)).save_weights(
+        weights)
     local = tmp_path / "local"
     local.mkdir()
     for name in ("model.keras", "vocab.json"):
@@ -159,9 +161,9 @@ def test_a_local_encoder_weights_file_travels_inside_the_packaged_model(model_di
     packed = package(local, tmp_path / "packed")
     weights.unlink()  # the packaged model must not need the original file
     packed_config = json.loads((packed / "config.json").read_text())
-    assert packed_config["encoder"]["weights"] == "encoder.weights.h5"
+    assert packed_config["encoder"]["weights"] == "encoder-weights.weights.h5"
     loaded = Captioner.load(packed)
-    assert Path(loaded.config.encoder.weights) == (packed / "encoder.weights.h5").resolve()
+    assert Path(loaded.config.encoder.weights) == (packed / "encoder-weights.weights.h5").resolve()
     jpegs = sorted((sample_root / "Images").glob("*.jpg"))[:3]
     # Same weights as the seeded random encoder, so the same captions as the original model.
     assert loaded.caption_files(jpegs) == Captioner.load(model_dir).caption_files(jpegs)
