@@ -251,11 +251,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     where = "" if uri == resolve_tracking_uri(None) else f" --tracking-uri {uri}"
     print(f"promote it to the model registry: captioning promote --sweep-run "
           f"{result.parent_run_id}{where}")
+    # MLflow 3's UI opens on its GenAI pages unless asked for the model-training view.
+    page = f"#/experiments/{result.experiment_id}?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
-        print(f"browse the runs: open {uri}")
+        print(f"browse the runs: open {uri.rstrip('/')}/{page}")
     else:
         print(f"browse the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
-              "--port 5000, then open http://127.0.0.1:5000")
+              f"--port 5000, then open http://127.0.0.1:5000/{page}")
     return 0
 
 

@@ -44,8 +44,10 @@ def sample_grid(rows: list[dict[str, Any]], path: Path, *, count: int = 8,
     for ax, (image, row) in zip(axes.ravel(), shown, strict=False):
         ax.imshow(image)
         if row.get("references"):
-            ax.set_title(textwrap.fill(row["references"][0], 40), fontsize=7, color="0.45")
-        ax.text(0.5, -0.03, textwrap.fill(row["prediction"] or "(no words)", 34),
+            ax.set_title(textwrap.fill(textwrap.shorten(row["references"][0], 90), 40),
+                         fontsize=7, color="0.45")
+        ax.text(0.5, -0.03, textwrap.fill(textwrap.shorten(row["prediction"] or "(no words)",
+                                                            100), 34),
                 transform=ax.transAxes, ha="center", va="top", fontsize=9)
     fig.suptitle("validation images: the predicted caption under each, a human one above")
     # Room under each image for its caption (tight_layout does not see text outside axes).

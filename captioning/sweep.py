@@ -310,6 +310,7 @@ class SweepResult:
     # (seconds since the epoch).
     timeline: list[dict[str, Any]]
     interrupted: int = 0  # trials left to run when Ctrl-C stopped the sweep
+    experiment_id: str = ""  # the MLflow experiment
 
 
 def check_gpus(share: float, *, cluster: bool) -> None:
@@ -493,7 +494,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     if unfinished > 0:
         tracker.interrupted()
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
-                           results.num_errors, [], interrupted=unfinished)
+                           results.num_errors, [], interrupted=unfinished,
+                           experiment_id=tracker.experiment_id)
     keep_only_latest(results)
 
     ended = f"the sweep ended (its results are in {sweep_dir})"
@@ -521,4 +523,4 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     with tracking_failure(uri, ended):
         tracker.finish_parent(best, plot)
     return SweepResult(sweep_dir, uri, tracker.parent_run_id, best, len(results),
-                       results.num_errors, timeline)
+                       results.num_errors, timeline, experiment_id=tracker.experiment_id)

@@ -83,6 +83,8 @@ def test_the_quickstart_runs_by_name_from_an_empty_folder_and_promote_needs_no_f
                 "--num-samples", "2", cwd=tmp_path)
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert "sweep finished: 2 trials (0 failed)" in swept.stdout
+    assert "then open http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" \
+        in swept.stdout
     assert (tmp_path / "data" / "sample" / "captions.txt").is_file()
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "ray_results").is_dir()
     promoted = run(installed, "captioning", "promote", cwd=tmp_path)

@@ -1,0 +1,204 @@
+"""Caption quality on real photos: the seed's recipe beside the baselines it must beat.
+
+One table of the test split's BLEU-1..4, CIDEr-D and ROUGE-L (pycocoevalcap), greedy and
+beam 3, for each cleaning of the captions (the seed's: one-letter words dropped; the papers':
+kept), with these rows:
+
+  most frequent caption   the training split's most frequent caption, for every image
+  nearest neighbour       for each test image, the training image whose pooled feature is
+                          most similar (cosine), answered with that image's consensus caption
+                          (of its five, the one with the highest CIDEr-D against the other four)
+  seed recipe             the merge model: frozen spaCy vectors, LSTM 256, dropout 0.5, Adam
+                          0.0012, batch 32, early stopping; once per --seeds
+
+It also prints the encoder's extraction speed (images/s, from an empty cache) and the seconds
+per training epoch (training, validation loss and scoring the validation captions).
+
+    .venv/bin/python benchmarks/quality.py --data-root ../shared/data/flickr8k-dev \\
+        --encoder mobilenet --alpha 0.25 \\
+        --weights ../shared/data/weights/mobilenet_2_5_224_tf_no_top.h5 \\
+        --embedding spacy:../shared/data/spacy/en_core_web_md-3.8.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from common import machine_info  # noqa: E402
+
+from captioning.captioner import Captioner  # noqa: E402
+from captioning.config import ExperimentConfig, parse_config  # noqa: E402
+from captioning.prepare import Prepared, prepare  # noqa: E402
+from captioning.scores import SCORE_NAMES, caption_scores, strip_markers  # noqa: E402
+from captioning.train import train_captioner  # noqa: E402
+
+
+def base_config(args: argparse.Namespace, keep_one_letter_words: bool, cache: Path
+                ) -> ExperimentConfig:
+    """The seed's recipe on `args`' data, encoder and embedding."""
+    encoder = {"name": args.encoder, "weights": args.weights, "cache_dir": str(cache),
+               "batch_size": 64}
+    if args.alpha is not None:
+        encoder["alpha"] = args.alpha
+    return parse_config({
+        "name": "quality", "data": {"root": str(args.data_root),
+                                    "keep_one_letter_words": keep_one_letter_words},
+        "encoder": encoder, "embedding": args.embedding,
+        "model": {"lstm_units": 256, "dropout": 0.5, "train_embedding": False},
+        "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": 0.0012,
+                  "patience": args.patience, "monitor": args.monitor,
+                  "score_images": args.score_images},
+        "decode": {"max_length": 40},
+    }, source="benchmarks/quality.py")
+
+
+def references(prepared: Prepared, split: str) -> dict[str, list[str]]:
+    return {name: prepared.dataset.captions[name] for name in prepared.dataset.splits[split]}
+
+
+def most_frequent(prepared: Prepared) -> tuple[dict[str, str], str]:
+    counts = Counter(strip_markers(c) for name in prepared.dataset.splits["train"]
+                     for c in prepared.dataset.captions[name])
+    caption = counts.most_common(1)[0][0]
+    return {name: caption for name in prepared.dataset.splits["test"]}, caption
+
+
+def consensus_captions(prepared: Prepared) -> dict[str, str]:
+    """Each training image's caption with the highest CIDEr-D against its other captions."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res, keys = {}, {}, []
+    for name in prepared.dataset.splits["train"]:
+        captions = [strip_markers(c) for c in prepared.dataset.captions[name]]
+        for i, caption in enumerate(captions):
+            others = captions[:i] + captions[i + 1:]
+            if others:
+                key = f"{name}#{i}"
+                gts[key], res[key] = others, [caption]
+                keys.append((name, caption, key))
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, per_key = Cider().compute_score(gts, res)
+    score = dict(zip(gts, per_key, strict=True))
+    best: dict[str, tuple[float, str]] = {}
+    for name, caption, key in keys:
+        if name not in best or score[key] > best[name][0]:
+            best[name] = (score[key], caption)
+    return {name: caption for name, (_, caption) in best.items()}
+
+
+def nearest_neighbour(prepared: Prepared) -> dict[str, str]:
+    train = [n for n in prepared.dataset.splits["train"] if n in prepared.features.index]
+    test = prepared.dataset.splits["test"]
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype("float32")
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    similar = unit(prepared.features.rows(test)) @ unit(prepared.features.rows(train)).T
+    consensus = consensus_captions(prepared)
+    nearest = similar.argmax(axis=1)
+    return {name: consensus[train[j]] for name, j in zip(test, nearest, strict=True)}
+
+
+def row(label: str, decode: str, scores: dict[str, float]) -> str:
+    return f"{label:<32} {decode:<7} " + " ".join(f"{scores[k]:>7.4f}" for k in SCORE_NAMES)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, required=True,
+                        help="a dataset in any of the three layouts (README)")
+    parser.add_argument("--encoder", default="mobilenet")
+    parser.add_argument("--alpha", type=float, default=None)
+    parser.add_argument("--weights", default="imagenet",
+                        help="imagenet, none, or a weights file")
+    parser.add_argument("--embedding", default="spacy:en_core_web_md")
+    parser.add_argument("--epochs", type=int, default=30, help="at most (default 30)")
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--monitor", default="val_cider",
+                        help="the score early stopping keeps the best epoch by")
+    parser.add_argument("--score-images", type=int, default=1000,
+                        help="validation images scored each epoch (default: up to 1000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="one training run per seed (default: 0 1)")
+    parser.add_argument("--cleanings", nargs="+", default=["seed", "papers"],
+                        choices=["seed", "papers"],
+                        help="seed: one-letter words dropped; papers: kept")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file for every figure")
+    args = parser.parse_args()
+
+    print("\n".join(machine_info()))
+    work = Path(tempfile.mkdtemp(prefix="captioning-quality-"))
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    lines = []
+    for cleaning in args.cleanings:
+        config = base_config(args, cleaning == "papers", work / "cache")
+        started = time.perf_counter()
+        prepared = prepare(config, progress=False)
+        seconds = time.perf_counter() - started
+        images = len(prepared.features.names)
+        if cleaning == args.cleanings[0]:
+            print(f"extraction: {images} images in {seconds:.1f} s ({images / seconds:.1f} "
+                  f"images/s, {config.encoder.name}, dataset read included)")
+        summary = prepared.summary()
+        print(f"\n[{cleaning} cleaning] {summary['train']} / {summary['val']} / "
+              f"{summary['test']} train / val / test images, vocabulary {summary['vocabulary']}")
+        refs = references(prepared, "test")
+        predictions, caption = most_frequent(prepared)
+        results = [("most frequent caption", "-", caption_scores(refs, predictions))]
+        print(f"most frequent training caption: {caption!r}")
+        results.append(("nearest neighbour (cosine)", "-",
+                        caption_scores(refs, nearest_neighbour(prepared))))
+        for seed in args.seeds:
+            run = config.model_copy(update={"train": config.train.model_copy(
+                update={"seed": seed})})
+            stamps = [time.perf_counter()]
+            trained = train_captioner(run, model_dir=work / f"{cleaning}-{seed}",
+                                      prepared=prepared, verbose=0,
+                                      on_epoch=lambda *_, times=stamps: times.append(
+                                          time.perf_counter()))
+            per_epoch = np.diff(stamps)
+            captioner = Captioner.load(trained.model_dir)
+            features = prepared.features.rows(prepared.dataset.splits["test"]).astype("float32")
+            kept = int(trained.best["epoch"])
+            print(f"seed recipe, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
+                  f"{args.monitor}; {np.median(per_epoch):.1f} s per epoch (median; "
+                  f"{len(prepared.dataset.splits['train']) * 5} captions)")
+            for beam in (1, 3):
+                names = prepared.dataset.splits["test"]
+                predicted = captioner.caption_features(features, beam)
+                results.append((f"seed recipe (seed {seed}, epoch {kept})",
+                                "greedy" if beam == 1 else f"beam {beam}",
+                                caption_scores(refs, dict(zip(names, predicted, strict=True)))))
+            report["rows"].append({"cleaning": cleaning, "seed": seed, "kept_epoch": kept,
+                                   "epochs": len(trained.history),
+                                   "seconds_per_epoch": float(np.median(per_epoch)),
+                                   "history": trained.history})
+        header = f"{'row':<32} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
+            "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L"))
+        words = "one-letter words kept" if cleaning == "papers" else "one-letter words dropped"
+        lines += [f"\n{cleaning} cleaning ({words}), test split, {summary['test']} images:",
+                  header, "-" * len(header), *(row(*r) for r in results)]
+        report["rows"] += [{"cleaning": cleaning, "row": r[0], "decode": r[1], **r[2]}
+                           for r in results]
+    print("\n".join(lines))
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
