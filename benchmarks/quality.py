@@ -41,6 +41,7 @@ from common import machine_info  # noqa: E402
 
 from captioning.captioner import Captioner  # noqa: E402
 from captioning.config import ExperimentConfig, parse_config  # noqa: E402
+from captioning.features import image_inputs  # noqa: E402
 from captioning.prepare import Prepared, prepare  # noqa: E402
 from captioning.scores import SCORE_NAMES, caption_scores, strip_markers  # noqa: E402
 from captioning.train import train_captioner  # noqa: E402
@@ -172,7 +173,8 @@ def main() -> int:
                                           time.perf_counter()))
             per_epoch = np.diff(stamps)
             captioner = Captioner.load(trained.model_dir)
-            features = prepared.features.rows(prepared.dataset.splits["test"]).astype("float32")
+            features = image_inputs(prepared.features, prepared.dataset.splits["test"],
+                                    run.model.grid)
             kept = int(trained.best["epoch"])
             print(f"seed recipe, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
                   f"{args.monitor}; {np.median(per_epoch):.1f} s per epoch (median; "

@@ -28,7 +28,8 @@ def encode_captions(captions: Sequence[str], vocab: Vocabulary, max_length: int
 
 
 class CaptionBatches(keras.utils.PyDataset):
-    """Batches of ({"image": (batch, dim), "tokens": (batch, time)}, targets (batch, time)).
+    """Batches of ({"image": (batch, dim) or (batch, positions, channels), "tokens": (batch,
+    time)}, targets (batch, time)).
 
     `rows[i]` is the feature row of caption `sequences[i]`. With shuffle, the order of captions
     within a length and the order of batches change every epoch (seeded).
@@ -39,7 +40,8 @@ class CaptionBatches(keras.utils.PyDataset):
         super().__init__()
         if not sequences:
             raise ValueError("no captions to batch")
-        self.features = features.astype("float32", copy=False)
+        # Pooled vectors in memory, or memory-mapped feature maps: rows are read per batch.
+        self.features = features
         self.rows = np.asarray(rows)
         self.sequences = sequences
         self.lengths = np.array([len(s) - 1 for s in sequences])  # steps per caption
@@ -85,7 +87,8 @@ class CaptionBatches(keras.utils.PyDataset):
             ids = self.sequences[caption]
             tokens[i, :len(ids) - 1] = ids[:-1]
             targets[i, :len(ids) - 1] = ids[1:]
-        return {"image": self.features[self.rows[batch]], "tokens": tokens}, targets
+        image = np.asarray(self.features[self.rows[batch]], dtype="float32")
+        return {"image": image, "tokens": tokens}, targets
 
     def on_epoch_end(self) -> None:
         if self.shuffle:

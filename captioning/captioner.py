@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from captioning.config import ConfigError, ExperimentConfig, parse_config
-from captioning.decode import generate
+from captioning.decode import beam_search, generate
+from captioning.decoders import Stepper, decoder_named
 from captioning.encoders import build_encoder
 from captioning.errors import ModelDirError, first_line
 from captioning.features import encode_images
 from captioning.images import ImageError, ImageSource
-from captioning.model import StepDecoder, captioner_problem, load_keras_model
+from captioning.model import captioner_problem, load_keras_model, step_decoder
 from captioning.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Captioner:
     model_dir: Path
     config: ExperimentConfig
     vocab: Vocabulary
-    decoder: StepDecoder
+    decoder: Stepper
     _encoder: object = field(default=None, repr=False)
 
     @classmethod
@@ -76,14 +77,14 @@ class Captioner:
             reason = first_line(error)
             raise ModelDirError(f"{path}: cannot load it as a captioning model "
                                 f"({type(error).__name__}: {reason})") from None
-        problem = captioner_problem(model)
+        problem = captioner_problem(model, config.model.decoder)
         if problem:
             raise ModelDirError(f"{path}: not a captioning model: {problem}")
         if model.output_shape[-1] != len(vocab):
             raise ModelDirError(f"{model_dir}: model predicts {model.output_shape[-1]} words "
                                 f"but vocab.json has {len(vocab)}")
         try:
-            decoder = StepDecoder(model)
+            decoder = step_decoder(model)
         except Exception as error:  # layers of our names but not of our kinds or shapes
             reason = first_line(error)
             raise ModelDirError(f"{path}: not a captioning model: its layers do not make a "
@@ -109,12 +110,31 @@ class Captioner:
         """A caption, or the ImageError that stopped it, for each image file or encoded image
         (JPEG, PNG, ... bytes), in order."""
         features, kept, errors = encode_images(self.encoder, self.config.encoder, sources,
-                                               labels=labels)
+                                               labels=labels, grid=self.config.model.grid)
         captions = self.caption_features(features.astype("float32"), beam_width) if kept else []
         results: list[str | ImageError] = [errors.get(i) for i in range(len(sources))]
         for position, caption in zip(kept, captions, strict=True):
             results[position] = caption
         return results
+
+    def attend(self, path: Path, beam_width: int | None = None
+               ) -> tuple[list[str], np.ndarray] | ImageError:
+        """The caption of one image file as words, with where the decoder looked for each:
+        (words, maps (words, positions)); or the ImageError that stopped it."""
+        features, kept, errors = encode_images(self.encoder, self.config.encoder, [path],
+                                               grid=True)
+        if not kept:
+            return errors[0]
+        maps: list[np.ndarray] = []
+        ids = beam_search(self.decoder, self.vocab, features.astype("float32"),
+                          beam_width or self.config.decode.beam_width,
+                          self.config.decode.max_length, attention=maps)
+        return [self.vocab.tokens[i] for i in ids[0]], maps[0]
+
+    @property
+    def attends(self) -> bool:
+        """Whether the decoder says where it looks for each word."""
+        return decoder_named(self.config.model.decoder).attends
 
     def caption_files(self, paths: list[Path], beam_width: int | None = None
                       ) -> list[tuple[Path, str | ImageError]]:

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--model", required=True, help=MODEL_HELP)
     caption.add_argument("--beam", type=_positive, default=None,
                          help="beam width (1 = greedy; default: the model's decode.beam_width)")
+    caption.add_argument("--attention", type=Path, default=None, metavar="OUT.png",
+                         help="also draw each image with where the decoder looked for each "
+                              "word (the attention decoder); with several images, "
+                              "OUT-<image>.png each")
     _tracking_arg(caption)
 
     promote = commands.add_parser(
@@ -274,7 +278,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from captioning.captioner import Captioner
 
     with _model_dir(args.model, args.tracking_uri) as model_dir:
-        results = Captioner.load(model_dir).caption_files(args.images, args.beam)
+        captioner = Captioner.load(model_dir)
+        if args.attention is not None:
+            return _caption_with_attention(captioner, args)
+        results = captioner.caption_files(args.images, args.beam)
     failures = 0
     for path, result in results:
         if isinstance(result, str):
@@ -282,6 +289,30 @@ def cmd_caption(args: argparse.Namespace) -> int:
         else:
             failures += 1
             print(f"error: {result}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _caption_with_attention(captioner: object, args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from captioning.figures import attention_figure
+
+    if not captioner.attends:
+        raise ConfigError(f"--attention: this model's decoder ({captioner.config.model.decoder})"
+                          " does not say where it looks; the attention decoder does")
+    failures = 0
+    for path in args.images:
+        result = captioner.attend(path, args.beam)
+        if not isinstance(result, tuple):
+            failures += 1
+            print(f"error: {result}", file=sys.stderr)
+            continue
+        words, maps = result
+        out = args.attention if len(args.images) == 1 else args.attention.with_name(
+            f"{args.attention.stem}-{Path(path).stem}{args.attention.suffix or '.png'}")
+        with Image.open(path) as image:
+            attention_figure([(image, words, maps)], out)
+        print(f"{path}\t{' '.join(words)}\t(attention: {out})")
     return 1 if failures else 0
 
 

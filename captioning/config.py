@@ -85,7 +85,13 @@ class EncoderConfig(_Section):
     batch_size: StrictInt = Field(32, ge=1)
     # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
     cache_dir: Path | None = None
-    cache_dtype: Literal["float32", "float16"] = "float32"
+    cache_dtype: Literal["float32", "float16"] = "float32"  # of the pooled vectors
+    # Of the feature maps a grid decoder reads (cached only when one may): float16 halves a
+    # cache that is positions times larger (Flickr30k's ResNet50 maps: 6.4 GB in float16).
+    grid_dtype: Literal["float16", "float32"] = "float16"
+    # Cache the feature maps as well (a sweep sets it when its space has a grid decoder, so
+    # that every trial reads one extraction).
+    keep_grid: bool = False
     decode_workers: StrictInt = Field(4, ge=1)
 
     @field_validator("weights")
@@ -145,13 +151,59 @@ class EncoderConfig(_Section):
         return Path(env) if env else Path.home() / ".cache" / "captioning"
 
 
+class AttentionConfig(_Section):
+    """Show, Attend and Tell's soft attention (model.decoder: attention); the LSTM is
+    model.lstm_units wide, the words model.embedding_dim (or the spaCy vectors')."""
+
+    units: StrictInt = Field(256, ge=1)  # of the additive attention's hidden layer
+    # lambda of the doubly stochastic regularisation, sum_i (1 - sum_t alpha_ti)^2: every
+    # position attended to about once over a caption. The paper's value: 1.
+    doubly_stochastic: StrictFloat = Field(1.0, ge=0.0)
+
+
+class TransformerConfig(_Section):
+    """A Transformer decoder over the projected feature map (model.decoder: transformer)."""
+
+    layers: StrictInt = Field(2, ge=1)  # decoder layers: causal self-attention, cross-attention
+    encoder_layers: StrictInt = Field(0, ge=0)  # self-attention layers over the feature map
+    units: StrictInt = Field(256, ge=8)  # model width
+    heads: StrictInt = Field(4, ge=1)
+    ff_units: StrictInt = Field(1024, ge=1)  # of each layer's feed-forward block
+
+    @model_validator(mode="after")
+    def _heads_divide_units(self) -> TransformerConfig:
+        if self.units % self.heads:
+            raise _KeyError("heads", f"{self.heads} heads do not divide units {self.units}")
+        return self
+
+
 class ModelConfig(_Section):
-    lstm_units: StrictInt = Field(256, ge=1)  # seed: 256
+    # merge (the seed's), attention or transformer: captioning/decoders/, one file each.
+    decoder: str = "merge"
+    lstm_units: StrictInt = Field(256, ge=1)  # seed: 256 (merge and attention)
     # Ignored for spaCy embeddings, whose vectors fix the width (300 for en_core_web_md).
     embedding_dim: StrictInt = Field(256, ge=1)
     dropout: StrictFloat = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
     # Fine-tune the embedding matrix (a spaCy matrix stays fixed when false).
     train_embedding: bool = True
+    attention: AttentionConfig = AttentionConfig()
+    transformer: TransformerConfig = TransformerConfig()
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str) -> str:
+        from captioning.decoders import decoders
+
+        if name not in decoders():
+            raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(decoders())}")
+        return name
+
+    @property
+    def grid(self) -> bool:
+        """Whether the decoder reads the feature map rather than the pooled vector."""
+        from captioning.decoders import decoder_named
+
+        return decoder_named(self.decoder).grid
 
 
 class TrainConfig(_Section):

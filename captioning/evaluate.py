@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from captioning.captioner import Captioner
+from captioning.features import image_inputs
 from captioning.prepare import prepare
 from captioning.scores import caption_scores, strip_markers
 
@@ -30,7 +31,8 @@ def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int |
     if split not in prepared.dataset.splits or not prepared.dataset.splits[split]:
         raise ValueError(f"split {split!r} has no images in {config.data.root}")
     names = prepared.dataset.splits[split]
-    predictions = captioner.caption_features(prepared.features.rows(names), beam_width)
+    predictions = captioner.caption_features(
+        image_inputs(prepared.features, names, config.model.grid), beam_width)
     references = {name: prepared.dataset.captions[name] for name in names}
     scores = caption_scores(references, dict(zip(names, predictions, strict=True)))
     report = {

@@ -3,9 +3,12 @@ validation images with the caption it predicts under each. Matplotlib, drawn off
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _pyplot() -> Any:
@@ -15,6 +18,39 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def attention_figure(items: list[tuple[Any, list[str], np.ndarray]], path: Path,
+                     most_words: int = 12) -> Path:
+    """For each (image, words, maps): a row of the image, then one panel per generated word
+    with where the decoder looked for it. `maps` (words, positions) are over a square feature
+    map, upsampled over the image."""
+    from PIL import Image
+
+    plt = _pyplot()
+    columns = 1 + min(most_words, max((len(words) for _, words, _ in items), default=0))
+    fig, axes = plt.subplots(len(items), columns, figsize=(2.0 * columns, 2.3 * len(items)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, (image, words, maps) in zip(axes, items, strict=True):
+        image = image.convert("RGB").resize((224, 224))
+        row[0].imshow(image)
+        row[0].set_title(textwrap.fill(" ".join(words) or "(no words)", 26), fontsize=7)
+        side = math.isqrt(maps.shape[1]) if maps.size else 1
+        pixels = np.asarray(image, "float32") / 255
+        for ax, word, weights in zip(row[1:], words, maps, strict=False):
+            # Brightest where it looked most; the rest dimmed in proportion (as in the paper's
+            # figures). A map of equal weights leaves the image as it is.
+            scaled = 255 * weights.reshape(side, side) / max(float(weights.max()), 1e-9)
+            heat = np.asarray(Image.fromarray(scaled.astype("uint8")).resize(
+                image.size, Image.Resampling.BILINEAR), "float32")[..., None] / 255
+            ax.imshow(pixels * (0.15 + 0.85 * heat))
+            ax.set_title(word, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def sample_grid(rows: list[dict[str, Any]], path: Path, *, count: int = 8,

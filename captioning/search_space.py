@@ -9,6 +9,9 @@ A space maps experiment keys (the dotted keys of `--set`) to one distribution ea
     model.train_embedding:                       # conditional (Optuna's define-by-run form)
       choice: [true, false]
       when: {embedding: "spacy:en_core_web_md"}
+    model.attention.units:                       # only for trials that drew one of these
+      int: [128, 512]
+      when: {model.decoder: [attention]}
 
 Every key and every value a key can take is checked against the experiment config before Ray
 starts, so an unknown encoder or a bound the wrong way round is a one-line error naming it. A
@@ -73,7 +76,8 @@ class SearchSpace:
         """Optuna define-by-run: sample each key in order, skipping unmet `when` conditions."""
         drawn: dict[str, Any] = {}
         for key, param in self.params.items():
-            if param.when and any(drawn.get(k, _MISSING) != v for k, v in param.when.items()):
+            if param.when and not all(_meets(drawn.get(k, _MISSING), v)
+                                      for k, v in param.when.items()):
                 continue
             if param.choice is not None:
                 drawn[key] = trial.suggest_categorical(key, param.choice)
@@ -89,11 +93,36 @@ class SearchSpace:
         """The form Ray's OptunaSearch takes: draw through `trial`, return no constants."""
         self.suggest(trial)
 
+    def encoders(self, base: ExperimentConfig) -> list[Any]:
+        """The encoder configs the space can give a trial: the base encoder with each value
+        (every choice, or both bounds) of the encoder keys it varies, in every combination."""
+        keys = [key for key in self.params if key.startswith("encoder.")]
+        combinations: list[dict[str, Any]] = [{}]
+        for key in keys:
+            combinations = [{**c, key: v} for c in combinations
+                            for v in self.params[key].edge_values()]
+        base_dict = base.to_dict()
+        found = []
+        for drawn in combinations:
+            encoder = apply(base_dict, drawn, source=self.source).encoder
+            if encoder not in found:
+                found.append(encoder)
+        return found
+
+    def values(self, key: str, base: Any) -> list[Any]:
+        """What a trial may have at `key`: the values the space gives it, else the base's."""
+        return self.params[key].edge_values() if key in self.params else [base]
+
     def to_dict(self) -> dict[str, Any]:
         return {k: p.model_dump(exclude_none=True, by_alias=True) for k, p in self.params.items()}
 
 
 _MISSING = object()
+
+
+def _meets(drawn: Any, wanted: Any) -> bool:
+    """A `when` condition: the key drew this value, or one of these values (a list)."""
+    return drawn in wanted if isinstance(wanted, list) else drawn == wanted
 
 
 def apply(base: dict[str, Any], drawn: dict[str, Any], source: str = "trial"

@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from captioning import search_space as spaces
 from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
+from captioning.decoders import decoder_named
 from captioning.errors import first_line
 from captioning.figures import search_plot
 from captioning.prepare import ensure_data
@@ -55,6 +56,8 @@ SMOKE_OVERRIDES = {"train": {"epochs": 3, "score_images": 10, "patience": 3},
 def trial_name(drawn: dict[str, Any]) -> str:
     """A name a person can tell trials apart by in the MLflow UI."""
     parts = []
+    if "model.decoder" in drawn:
+        parts.append(str(drawn["model.decoder"]))
     if "encoder.name" in drawn:
         parts.append(str(drawn["encoder.name"]))
     if "model.lstm_units" in drawn:
@@ -334,6 +337,18 @@ def check_gpus(share: float, *, cluster: bool) -> None:
                          if most else ""))
 
 
+def check_encoder_files(encoders: list[Any]) -> None:
+    """Build each encoder that reads a weights file or is a model file, here, before Ray:
+    a file that does not fit is one ConfigError now, not a failure in every trial."""
+    from captioning.encoders import build_encoder
+    from captioning.gpu import release
+
+    for encoder in encoders:
+        if encoder.model is not None or encoder.weights not in ("imagenet", "none"):
+            build_encoder(encoder)
+    release()
+
+
 def _smoke(config: ExperimentConfig) -> ExperimentConfig:
     data = config.to_dict()
     for section, values in SMOKE_OVERRIDES.items():
@@ -384,6 +399,13 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     space = spaces.load_search_space(space_path, config)
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
+    check_encoder_files(space.encoders(config))
+    if any(decoder_named(name).grid for name in space.values("model.decoder",
+                                                             config.model.decoder)):
+        # Some trials read feature maps: every trial caches them, so that each encoder is
+        # extracted once for the whole sweep, whichever decoder its first trial drew.
+        config = config.model_copy(update={"encoder": config.encoder.model_copy(
+            update={"keep_grid": True})})
     if not ray.is_initialized():
         # Without --address, a Ray of this sweep's own: never one another program left running.
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False)

@@ -265,6 +265,9 @@ class SweepTracker:
                     "references": [" | ".join(r["references"]) for r in rows],
                 }, artifact_file="val_samples.json")
                 self._log_sample_grid(run_id, rows)
+            attention = checkpoint_dir / "attention.png"
+            if attention.is_file():  # where the attention decoder looked, word by word
+                self.client.log_artifact(run_id, str(attention))
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
 
     def _log_sample_grid(self, run_id: str, rows: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ The best epoch (by train.monitor) is kept as a model directory:
     model.keras   the Keras model (loaded in safe mode)
     last.keras    the latest epoch with its optimizer state, to resume from
     samples.json  greedy captions of validation images beside their references (best epoch)
+    attention.png where the attention decoder looked for each word, on a few of them
     vocab.json    the vocabulary
     config.json   the resolved experiment config
     metrics.json  the best epoch's metrics; history.json every epoch's
@@ -35,9 +36,11 @@ from captioning.checkpoints import MANIFEST, manifest_writer
 from captioning.config import ExperimentConfig, save_config
 from captioning.datasets import DatasetError
 from captioning.decode import generate
+from captioning.decoders import Stepper, decoder_named, decoders
 from captioning.embeddings import load_vectors, spacy_embedding_matrix
+from captioning.features import FeatureSet, image_inputs
 from captioning.files import Writer, write_whole
-from captioning.model import StepDecoder, build_model, compile_model
+from captioning.model import build_model, compile_model, step_decoder
 from captioning.prepare import Prepared, prepare
 from captioning.scores import caption_scores, strip_markers
 
@@ -52,6 +55,24 @@ class TrainResult:
     best: dict[str, float]  # metrics of the best epoch ("epoch" included)
     history: list[dict[str, float]]
     stopped_early: bool
+
+
+def model_inputs(features: FeatureSet, train_rows: np.ndarray, grid: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(what the model reads per image, the training images' per-channel mean and variance).
+
+    Pooled vectors (images, channels) as float32 in memory; or the feature maps (images,
+    positions, channels) as they are cached, memory-mapped: batches read only their rows. A
+    map's variance over the training images' positions comes from each image's mean of
+    squares, so no map is read whole.
+    """
+    mean = features.array[train_rows].astype("float64").mean(axis=0)
+    if not grid:
+        vectors = features.array.astype("float32")
+        return vectors, mean.astype("float32"), vectors[train_rows].var(axis=0)
+    squares = features.grid_sq[train_rows].astype("float64").mean(axis=0)
+    var = np.maximum(squares - mean**2, 0.0)
+    return features.grid, mean.astype("float32"), var.astype("float32")
 
 
 def caption_split(prepared: Prepared, split: str, max_length: int
@@ -79,7 +100,7 @@ class _EpochEnd(keras.callbacks.Callback):
         self.score_images = sorted(rng.choice(val, size=count, replace=False).tolist())
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
-        self.decoder: StepDecoder | None = None  # shares the model's layers: built once
+        self.decoder: Stepper | None = None  # shares the model's layers: built once
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         if self.best is None:
@@ -90,9 +111,10 @@ class _EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         if self.score_images:
-            self.decoder = self.decoder or StepDecoder(self.model)
+            self.decoder = self.decoder or step_decoder(self.model)
             captions = generate(self.decoder, self.prepared.vocab,
-                                self.prepared.features.rows(self.score_images),
+                                image_inputs(self.prepared.features, self.score_images,
+                                             self.config.model.grid),
                                 max_length=self.config.decode.max_length)
             references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
             scores = caption_scores(references, dict(zip(self.score_images, captions,
@@ -111,6 +133,8 @@ class _EpochEnd(keras.callbacks.Callback):
                      "references": [strip_markers(r) for r in references[name]]}
                     for name, caption in zip(self.score_images, captions, strict=True)][:50])
             files["metrics.json"] = _json(metrics)
+            if decoder_named(self.config.model.decoder).attends and self.score_images:
+                files["attention.png"] = self._attention_figure()
         files["last.keras"] = self.model.save
         files["history.json"] = _json(history)  # resume reads how far training got here
         files[MANIFEST] = manifest_writer(self.model_dir, epoch + 1, list(files))
@@ -121,6 +145,23 @@ class _EpochEnd(keras.callbacks.Callback):
             self.best = metrics
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics, self.model_dir)
+
+    def _attention_figure(self, count: int = 4) -> Writer:
+        """Where the decoder looks for each word, on a few validation images."""
+        from PIL import Image
+
+        from captioning.figures import attention_figure
+
+        names = self.score_images[:count]
+        maps: list[np.ndarray] = []
+        captions = generate(self.decoder, self.prepared.vocab,
+                            image_inputs(self.prepared.features, names, True),
+                            max_length=self.config.decode.max_length, attention=maps)
+        items = []
+        for name, caption, looked in zip(names, captions, maps, strict=True):
+            with Image.open(self.prepared.dataset.image_path(name)) as image:
+                items.append((image.copy(), caption.split(), looked))
+        return lambda path: attention_figure(items, path)
 
     def _kept(self) -> str:
         """What a failed write leaves in the model directory, for the error message."""
@@ -169,13 +210,12 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
                            f"image ({len(prepared.dataset.skipped)} image(s) skipped; "
                            "`captioning prepare` lists them)")
     val_rows, val_seqs = caption_split(prepared, "val", length)
-    train_images = np.unique(train_rows)
-    features = prepared.features.array.astype("float32")
-    mean = features[train_images].mean(axis=0)
-    var = features[train_images].var(axis=0)
+    grid = config.model.grid
+    features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
 
     done: list[dict[str, float]] = []
     if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():
+        decoders()  # their layers are registered for deserialisation
         model = keras.saving.load_model(model_dir / "last.keras", safe_mode=True)
         done = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
         log.info("resuming %s after epoch %d", model_dir, len(done))
@@ -185,7 +225,9 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
             log.info("embedding %s", config.embedding)
             matrix = spacy_embedding_matrix(vectors, prepared.vocab,
                                             seed=config.train.seed).matrix
-        model = build_model(config.model, len(prepared.vocab), mean, var, matrix)
+        model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
+                            positions=prepared.features.positions if grid else None,
+                            max_length=max(length, config.decode.max_length))
         compile_model(model, config.train)
 
     batch = config.train.batch_size

@@ -1,4 +1,5 @@
-"""Batched greedy and beam search over the step decoder."""
+"""Batched greedy and beam search over each decoder's stepper: every test runs for every
+decoder (merge on pooled vectors; attention and transformer on feature maps)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,26 @@ import pytest
 
 from captioning.config import ModelConfig
 from captioning.decode import beam_search, generate, greedy
-from captioning.model import StepDecoder, build_model
+from captioning.model import build_model, step_decoder
 from captioning.text import END, START, Vocabulary
 
 WORDS = ["red", "blue", "circle", "square"]
 DIM = 10
+POSITIONS = 4  # of the feature maps the grid decoders read
+DECODERS = ["merge", "attention", "transformer"]
+SETTINGS = {"merge": {}, "attention": {"attention": {"units": 8}},
+            "transformer": {"transformer": {"layers": 2, "units": 8, "heads": 2,
+                                            "ff_units": 16}}}
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request) -> str:
+    return request.param
+
+
+def image_features(decoder: str, rng: np.random.Generator, count: int) -> np.ndarray:
+    shape = (count, DIM) if decoder == "merge" else (count, POSITIONS, DIM)
+    return rng.normal(size=shape).astype("float32")
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +37,14 @@ def vocab() -> Vocabulary:
     return Vocabulary.build([f"{START} {' '.join(WORDS)} {END}"] * 2, min_count=1)
 
 
-def make_model(vocab: Vocabulary, seed: int):
+def make_model(vocab: Vocabulary, seed: int, decoder: str = "merge"):
     import keras
 
     keras.utils.set_random_seed(seed)
     mean, var = np.zeros(DIM, "float32"), np.ones(DIM, "float32")
-    model = build_model(ModelConfig(lstm_units=8, embedding_dim=6, dropout=0.0), len(vocab),
-                        mean, var)
+    config = ModelConfig(decoder=decoder, lstm_units=8, embedding_dim=6, dropout=0.0,
+                         **SETTINGS[decoder])
+    model = build_model(config, len(vocab), mean, var, positions=POSITIONS, max_length=10)
     # Larger weights than Glorot's make the next-word distributions peaked and varied.
     model.set_weights([w * 3 if w.ndim == 2 else w for w in model.get_weights()])
     return model
@@ -45,10 +62,10 @@ def log_prob(model, vocab: Vocabulary, feature: np.ndarray, words: list[int],
     return float(sum(log_p[t, target] for t, target in enumerate(targets)))
 
 
-def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
-    model = make_model(vocab, seed=1)
-    features = np.random.default_rng(0).normal(size=(6, DIM)).astype("float32")
-    batched = greedy(StepDecoder(model), vocab, features, max_length=8)
+def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab, decoder):
+    model = make_model(vocab, seed=1, decoder=decoder)
+    features = image_features(decoder, np.random.default_rng(0), 6)
+    batched = greedy(step_decoder(model), vocab, features, max_length=8)
     for row, feature in enumerate(features):
         tokens = [vocab.start_id]
         while len(tokens) < 7:  # startseq + max_length - 2 words
@@ -62,12 +79,13 @@ def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab):
         assert batched[row] == tokens[1:]
 
 
-def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everything(vocab):
-    model = make_model(vocab, seed=2)
-    features = np.random.default_rng(1).normal(size=(3, DIM)).astype("float32")
+def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everything(vocab,
+                                                                                  decoder):
+    model = make_model(vocab, seed=2, decoder=decoder)
+    features = image_features(decoder, np.random.default_rng(1), 3)
     max_length = 5  # startseq + up to 3 words + endseq
     words = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.start_id)]
-    found = beam_search(StepDecoder(model), vocab, features, width=len(words) ** 3,
+    found = beam_search(step_decoder(model), vocab, features, width=len(words) ** 3,
                         max_length=max_length)
     for row, feature in enumerate(features):
         best, best_score = None, -np.inf
@@ -82,39 +100,64 @@ def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everythi
         assert found[row] == best
 
 
-def test_beam_of_width_one_is_greedy(vocab):
-    model = make_model(vocab, seed=3)
-    features = np.random.default_rng(2).normal(size=(5, DIM)).astype("float32")
-    decoder = StepDecoder(model)
-    assert beam_search(decoder, vocab, features, 1, 10) == greedy(decoder, vocab, features, 10)
+def test_beam_of_width_one_is_greedy(vocab, decoder):
+    model = make_model(vocab, seed=3, decoder=decoder)
+    features = image_features(decoder, np.random.default_rng(2), 5)
+    stepper = step_decoder(model)
+    assert beam_search(stepper, vocab, features, 1, 10) == greedy(stepper, vocab, features, 10)
 
 
-def test_beams_of_all_images_decode_together_as_they_would_alone(vocab):
-    model = make_model(vocab, seed=4)
-    features = np.random.default_rng(3).normal(size=(4, DIM)).astype("float32")
-    decoder = StepDecoder(model)
-    together = beam_search(decoder, vocab, features, 3, 9)
-    alone = [beam_search(decoder, vocab, features[i:i + 1], 3, 9)[0] for i in range(4)]
+def test_beams_of_all_images_decode_together_as_they_would_alone(vocab, decoder):
+    model = make_model(vocab, seed=4, decoder=decoder)
+    features = image_features(decoder, np.random.default_rng(3), 4)
+    stepper = step_decoder(model)
+    together = beam_search(stepper, vocab, features, 3, 9)
+    alone = [beam_search(stepper, vocab, features[i:i + 1], 3, 9)[0] for i in range(4)]
     assert together == alone
 
 
 @pytest.mark.parametrize("width", [1, 3])
-def test_decoding_stops_at_max_length_when_no_caption_ever_ends(vocab, width):
-    model = make_model(vocab, seed=5)
+def test_decoding_stops_at_max_length_when_no_caption_ever_ends(vocab, width, decoder):
+    model = make_model(vocab, seed=5, decoder=decoder)
     weights = model.get_layer("logits").get_weights()
     weights[1][vocab.end_id] = -1e9  # endseq can never be chosen
     model.get_layer("logits").set_weights(weights)
-    features = np.random.default_rng(4).normal(size=(3, DIM)).astype("float32")
-    result = beam_search(StepDecoder(model), vocab, features, width, max_length=7)
+    features = image_features(decoder, np.random.default_rng(4), 3)
+    result = beam_search(step_decoder(model), vocab, features, width, max_length=7)
     assert [len(words) for words in result] == [5, 5, 5]  # max_length minus start and end
 
 
-def test_generated_text_has_no_start_or_end_marker(vocab):
-    model = make_model(vocab, seed=6)
-    features = np.random.default_rng(5).normal(size=(7, DIM)).astype("float32")
-    captions = generate(StepDecoder(model), vocab, features, beam_width=2, max_length=6,
+def test_generated_text_has_no_start_or_end_marker(vocab, decoder):
+    model = make_model(vocab, seed=6, decoder=decoder)
+    features = image_features(decoder, np.random.default_rng(5), 7)
+    captions = generate(step_decoder(model), vocab, features, beam_width=2, max_length=6,
                         batch_size=3)
     assert len(captions) == 7
     for caption in captions:
         assert START not in caption.split() and END not in caption.split()
         assert set(caption.split()) <= set(WORDS) | {"<unk>"}
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_the_attention_of_each_word_is_where_the_decoder_looked_for_it(vocab, width):
+    model = make_model(vocab, seed=7, decoder="attention")
+    features = image_features("attention", np.random.default_rng(6), 4)
+    stepper = step_decoder(model)
+    maps: list[np.ndarray] = []
+    found = beam_search(stepper, vocab, features, width, max_length=8, attention=maps)
+    assert len(maps) == 4 and sum(len(words) for words in found) > 4
+    for row, (words, looked) in enumerate(zip(found, maps, strict=True)):
+        assert looked.shape == (len(words), POSITIONS)
+        np.testing.assert_allclose(looked.sum(axis=1), 1.0, atol=1e-5)
+        # Stepping the chosen words alone looks at the same places.
+        context, state = stepper.start(features[row:row + 1])
+        for t, word in enumerate([vocab.start_id, *words][:len(words)]):
+            _, state = stepper.step(context, np.array([word]), state)
+            np.testing.assert_allclose(stepper.attention[0], looked[t], atol=1e-5)
+
+
+def test_decoders_that_do_not_attend_give_no_attention(vocab):
+    maps: list[np.ndarray] = []
+    greedy(step_decoder(make_model(vocab, seed=8)), vocab,
+           image_features("merge", np.random.default_rng(7), 2), 6, attention=maps)
+    assert maps == []

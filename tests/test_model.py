@@ -1,4 +1,6 @@
-"""The merge model: teacher forcing computes exactly what the seed's prefix model computes."""
+"""The models: teacher forcing computes exactly what the seed's prefix model computes (merge),
+each decoder's step model reproduces its teacher-forced next-word distributions, the loss and
+metric look at real tokens only, and saved models load in safe mode."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ import pytest
 from captioning.config import ModelConfig, TrainConfig
 from captioning.model import (
     MaskedAccuracy,
-    StepDecoder,
     build_model,
     compile_model,
     load_keras_model,
     masked_loss,
+    step_decoder,
 )
 
 VOCAB, DIM, UNITS = 40, 24, 16
@@ -57,16 +59,77 @@ def test_teacher_forced_model_matches_prefix_model_for_every_prefix(model_and_da
     assert checked == sum(lengths)
 
 
-def test_step_decoder_reproduces_teacher_forced_logits(model_and_data):
-    _, model, features, tokens, lengths, _ = model_and_data
-    forced = np.asarray(model.predict_on_batch([features, tokens]))
-    decoder = StepDecoder(model)
-    context = decoder.context(features)
-    h = np.zeros((len(features), UNITS), "float32")
-    c = np.zeros_like(h)
-    for t in range(min(lengths)):
-        logits, h, c = decoder.step(context, tokens[:, t], h, c)
-        np.testing.assert_allclose(logits, forced[:, t], atol=1e-5)
+POSITIONS = 5
+GRID_DECODERS = {"attention": {"attention": {"units": 12}},
+                 "transformer": {"transformer": {"layers": 2, "encoder_layers": 1, "units": 16,
+                                                 "heads": 4, "ff_units": 24}}}
+
+
+def grid_model(decoder: str, dropout: float = 0.5, **settings):
+    rng = np.random.default_rng(2)
+    mean, var = rng.normal(size=DIM).astype("float32"), rng.uniform(0.5, 2, DIM).astype("float32")
+    config = ModelConfig(decoder=decoder, lstm_units=UNITS, embedding_dim=12, dropout=dropout,
+                         **{**GRID_DECODERS[decoder], **settings})
+    return build_model(config, VOCAB, mean, var, positions=POSITIONS, max_length=12)
+
+
+@pytest.mark.parametrize("decoder", ["merge", *GRID_DECODERS])
+def test_step_decoding_reproduces_the_teacher_forced_next_word_distributions(model_and_data,
+                                                                             decoder):
+    _, merge, features, tokens, lengths, _ = model_and_data
+    model = merge if decoder == "merge" else grid_model(decoder)
+    if decoder != "merge":
+        features = np.random.default_rng(3).normal(size=(5, POSITIONS, DIM)).astype("float32")
+    forced = softmax(np.asarray(model.predict_on_batch([features, tokens])))
+    stepper = step_decoder(model)
+    context, state = stepper.start(features)
+    for t in range(max(lengths)):
+        logits, state = stepper.step(context, tokens[:, t], state)
+        real = [row for row, length in enumerate(lengths) if t < length]
+        np.testing.assert_allclose(softmax(logits)[real], forced[real, t], atol=1e-5)
+
+
+def test_attention_adds_the_doubly_stochastic_penalty_over_real_steps(model_and_data):
+    _, _, _, tokens, lengths, _ = model_and_data
+    model = grid_model("attention", attention={"units": 12, "doubly_stochastic": 1.0})
+    grid = np.random.default_rng(4).normal(size=(5, POSITIONS, DIM)).astype("float32")
+    model([grid, tokens], training=False)
+    [penalty] = [float(loss) for loss in model.losses]
+    stepper = step_decoder(model)
+    context, state = stepper.start(grid)
+    attended = np.zeros((5, POSITIONS))
+    for t in range(tokens.shape[1]):
+        _, state = stepper.step(context, tokens[:, t], state)
+        real = np.array([t < length for length in lengths], float)
+        attended += stepper.attention * real[:, None]
+    np.testing.assert_allclose(stepper.attention.sum(axis=1), 1.0, atol=1e-5)
+    assert penalty == pytest.approx(float(((1 - attended) ** 2).sum(axis=1).mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("decoder", list(GRID_DECODERS))
+def test_grid_decoders_save_and_load_in_safe_mode_with_identical_outputs(decoder, tmp_path,
+                                                                         model_and_data):
+    _, _, _, tokens, _, _ = model_and_data
+    model = grid_model(decoder)
+    grid = np.random.default_rng(5).normal(size=(5, POSITIONS, DIM)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    loaded = load_keras_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict_on_batch([grid, tokens]),
+                               model.predict_on_batch([grid, tokens]), atol=1e-6)
+
+
+def test_each_decoder_is_built_from_its_own_config_section():
+    attention = grid_model("attention", attention={"units": 7})
+    assert attention.get_layer("attend").attention_units == 7
+    assert attention.get_layer("attend").units == UNITS
+    transformer = grid_model("transformer", transformer={"layers": 3, "encoder_layers": 0,
+                                                         "units": 20, "heads": 5,
+                                                         "ff_units": 9})
+    blocks = [layer for layer in transformer.layers if layer.name.startswith("decoder_block")]
+    assert len(blocks) == 3 and {block.heads for block in blocks} == {5}
+    assert {block.ff_units for block in blocks} == {9}
+    assert not [layer for layer in transformer.layers if layer.name.startswith("encoder_")]
+    assert transformer.get_layer("grid_project").units == 20
 
 
 def test_masked_loss_ignores_padding_positions():

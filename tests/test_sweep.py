@@ -160,6 +160,26 @@ def test_an_unknown_encoder_in_the_space_is_refused(tmp_path):
     assert "encoder.name: unknown encoder 'vgg99'" in result.stderr
 
 
+def test_a_weights_file_that_fits_only_some_encoders_of_the_space_is_refused_before_ray(
+        tmp_path):
+    from captioning.config import EncoderConfig
+    from captioning.encoders import build_encoder
+
+    weights = tmp_path / "mobilenet_quarter.weights.h5"
+    build_encoder(EncoderConfig(name="mobilenet", alpha=0.25, weights="none")).save_weights(
+        weights)
+    space = tmp_path / "space.yaml"
+    space.write_text("encoder.name:\n  choice: [mobilenet, mobilenet_v2]\n")
+    result = run_cli("sweep", "--search-space", str(space), "--set", "encoder.name=mobilenet",
+                     "--set", "encoder.alpha=0.25",
+                     "--set", f"encoder.weights={weights}", "--set", "encoder.image_size=96",
+                     "--storage", str(tmp_path / "ray_results"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: encoder.weights: {weights} does not fit mobilenet_v2 alpha 0.25 at 96x96")
+    assert not (tmp_path / "ray_results").exists()
+
+
 @pytest.mark.parametrize(("share", "message"), [
     ("1", "sweep.resources.gpu: each trial asks for 1 GPU(s) but this machine has 0; set "
           "sweep.resources.gpu=0 to train on the CPU"),
