@@ -18,6 +18,23 @@ of --repeats is reported, since a shared machine's load comes and goes.
     .venv/bin/python benchmarks/train_throughput.py --vocab 2232 --prefix-length 34  # Flickr8k
     .venv/bin/python benchmarks/train_throughput.py --captions 30000 --vocab 2232 \
         --prefix-length 34 --repeats 1                  # a Flickr8k epoch: ~20 min on 2 cores
+
+Real-data mode (--data-root): the training levers of our own trainer, side by side on real
+captions and cached features: today's float32 (batches from the PyDataset), then each lever
+alone and the levers kept together, in captions/s, seconds per Flickr8k-sized epoch (30,000
+captions), the ratio to today, and the mean loss over the timed steps (the same batches for
+every row, so a faster but wrong path shows):
+
+  tf.data       batches gathered and cut in the graph, ahead of the step (CaptionBatches.tf_dataset)
+  bf16          train.precision: mixed_bfloat16 (logits, loss and weights in float32)
+  spe 8         train.steps_per_execution: 8
+  xla           compile(jit_compile=True) (one compilation per bucket width)
+  bucket 1      batches cut to their longest caption exactly: no work on padding
+
+    .venv/bin/python benchmarks/train_throughput.py --data-root ../shared/data/flickr8k-dev \
+        --encoder mobilenet --alpha 0.25 \
+        --weights ../shared/data/weights/mobilenet_2_5_224_tf_no_top.h5 \
+        --embedding spacy:../shared/data/spacy/en_core_web_md-3.8.0 [--decoder attention]
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -109,6 +127,106 @@ def timed_fit(model: keras.Model, data: keras.utils.PyDataset) -> float:
     return time.perf_counter() - start
 
 
+LEVERS = {  # name -> (pipeline, precision, steps_per_execution, jit_compile, bucket)
+    "float32 (today)": ("pydataset", "float32", 1, False, 4),
+    "tf.data": ("tf.data", "float32", 1, False, 4),
+    "bf16": ("pydataset", "mixed_bfloat16", 1, False, 4),
+    "spe 8": ("pydataset", "float32", 8, False, 4),
+    "xla": ("pydataset", "float32", 1, True, 4),
+    "bucket 1": ("pydataset", "float32", 1, False, 1),
+    "tf.data + bf16": ("tf.data", "mixed_bfloat16", 1, False, 4),
+    "tf.data + bf16 + spe 8": ("tf.data", "mixed_bfloat16", 8, False, 4),
+}
+
+
+class _Steps(keras.utils.PyDataset):
+    """The first `count` batches of a CaptionBatches, in its order."""
+
+    def __init__(self, batches: CaptionBatches, count: int):
+        super().__init__()
+        self.batches, self.count = batches, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        return self.batches[index]
+
+
+def real_data(args: argparse.Namespace) -> int:
+    from captioning.config import parse_config
+    from captioning.embeddings import load_vectors, spacy_embedding_matrix
+    from captioning.model import precision
+    from captioning.prepare import prepare
+    from captioning.train import caption_split, model_inputs
+
+    encoder = {"name": args.encoder, "weights": args.weights, "batch_size": 64}
+    if args.alpha is not None:
+        encoder["alpha"] = args.alpha
+    config = parse_config({"data": {"root": str(args.data_root)}, "encoder": encoder,
+                           "embedding": args.embedding,
+                           "model": {"decoder": args.decoder, "lstm_units": args.units,
+                                     "dropout": 0.5, "train_embedding": False}})
+    prepared = prepare(config, progress=False)
+    rows, sequences = caption_split(prepared, "train", 40)
+    grid = config.model.grid
+    features, mean, var = model_inputs(prepared.features, np.unique(rows), grid)
+    matrix = None
+    if config.embedding.startswith("spacy:"):
+        matrix = spacy_embedding_matrix(load_vectors(config.embedding.removeprefix("spacy:")),
+                                        prepared.vocab).matrix
+    levers = [name for name in LEVERS if not args.levers or name in args.levers]
+    print(f"== training levers, real data: {args.data_root}, decoder {args.decoder} ==")
+    for line in machine_info():
+        print(line)
+    print(f"data: {len(sequences)} training captions of {len(np.unique(rows))} images, "
+          f"vocabulary {len(prepared.vocab)}, features {features.shape[1:]} "
+          f"({config.encoder.name}); batch 32, Adam 0.0012; {args.steps} timed steps per "
+          f"epoch, best of {args.repeats} interleaved")
+
+    runs = []
+    for name in levers:
+        pipeline, policy, spe, jit, bucket = LEVERS[name]
+        keras.utils.set_random_seed(args.seed)
+        with precision(policy):
+            model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
+                                positions=prepared.features.positions if grid else None)
+            compile_model(model, TrainConfig(learning_rate=0.0012, steps_per_execution=spe))
+            if jit:
+                model.jit_compile = True
+        batches = CaptionBatches(features, rows, sequences, 32, shuffle=True, seed=args.seed,
+                                 bucket=bucket)
+        if pipeline == "tf.data":
+            data = batches.tf_dataset().take(args.steps)
+        else:
+            data = _Steps(batches, args.steps)
+        started = time.perf_counter()
+        model.fit(data, epochs=1, verbose=0, shuffle=False)  # warm-up: every shape traced
+        runs.append((name, model, data, time.perf_counter() - started))
+
+    load_before = os.getloadavg()
+    times: list[list[float]] = [[] for _ in runs]
+    losses = []
+    for repeat in range(args.repeats):
+        for i, (_, model, data, _) in enumerate(runs):
+            started = time.perf_counter()
+            history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+            times[i].append(time.perf_counter() - started)
+            if repeat == 0:
+                losses.append(history.history["loss"][0])
+    load_after = os.getloadavg()
+    header = (f"{'lever':<26} {'captions/s':>11} {'s / 30k-caption epoch':>22} {'ratio':>6} "
+              f"{'loss':>7} {'warm-up s':>10}")
+    print("\n" + header + "\n" + "-" * len(header))
+    base = min(times[0])
+    for (name, _, _, warm), secs, loss in zip(runs, times, losses, strict=True):
+        rate = 32 * args.steps / min(secs)
+        print(f"{name:<26} {rate:>11.1f} {30000 / rate:>22.1f} {base / min(secs):>5.2f}x "
+              f"{loss:>7.4f} {warm:>10.1f}")
+    print_timing_notes(times, "epochs", load_before, load_after)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--captions", type=int, default=2000,
@@ -127,7 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed epochs per regime, interleaved; best reported (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    real = parser.add_argument_group("real-data mode")
+    real.add_argument("--data-root", type=Path, default=None,
+                      help="time our training levers on this dataset instead (see above)")
+    real.add_argument("--encoder", default="mobilenet")
+    real.add_argument("--alpha", type=float, default=None)
+    real.add_argument("--weights", default="imagenet")
+    real.add_argument("--embedding", default="spacy:en_core_web_md")
+    real.add_argument("--decoder", default="merge", choices=["merge", "attention",
+                                                              "transformer"])
+    real.add_argument("--steps", type=int, default=150, help="timed steps per epoch")
+    real.add_argument("--levers", nargs="*", default=None, choices=list(LEVERS),
+                      help="only these rows (default: all)")
     args = parser.parse_args(argv)
+    if args.data_root is not None:
+        return real_data(args)
     if min(args.captions, args.repeats, args.batch_size, args.captions_per_image) < 1:
         parser.error("--captions, --repeats, --batch-size, --captions-per-image must be >= 1")
 

@@ -8,6 +8,7 @@ tokens). The seed instead expanded every caption into one padded sample per next
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -93,6 +94,55 @@ class CaptionBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         if self.shuffle:
             self._plan()
+
+    def tf_dataset(self) -> Any:
+        """The same batches, in the same order, as a tf.data pipeline (TensorFlow backend).
+
+        Only each epoch's plan comes from Python (one small index array per batch); gathering
+        the features and tokens and cutting them to the batch's width run in the graph, ahead
+        of the train step (prefetch), so the step does not wait on Python. Feature maps
+        memory-mapped from the cache are read per batch on tf.data's threads.
+        """
+        import tensorflow as tf
+
+        width = -(-int(self.lengths.max()) // self.bucket) * self.bucket
+        inputs = np.zeros((len(self.sequences), width), "int32")
+        targets = np.zeros_like(inputs)
+        for i, ids in enumerate(self.sequences):
+            inputs[i, :len(ids) - 1] = ids[:-1]
+            targets[i, :len(ids) - 1] = ids[1:]
+        inputs_t, targets_t = tf.constant(inputs), tf.constant(targets)
+        lengths_t, rows_t = tf.constant(self.lengths, tf.int32), tf.constant(self.rows)
+        bucket = self.bucket
+        if isinstance(self.features, np.ndarray) and not isinstance(self.features, np.memmap):
+            features_t = tf.constant(np.asarray(self.features, "float32"))
+
+            def images(rows: Any) -> Any:
+                return tf.gather(features_t, rows)
+        else:  # feature maps, read from the memory-mapped file
+            shape = self.features.shape[1:]
+
+            def read(rows: np.ndarray) -> np.ndarray:
+                return np.asarray(self.features[rows], "float32")
+
+            def images(rows: Any) -> Any:
+                out = tf.numpy_function(read, [rows], tf.float32, stateful=False)
+                return tf.ensure_shape(out, (None, *shape))
+
+        def epoch() -> Any:
+            yield from (batch.astype("int64") for batch in self.batches)
+            self.on_epoch_end()  # the next epoch's order, as Keras would ask of a PyDataset
+
+        def gather(batch: Any) -> Any:
+            steps = tf.reduce_max(tf.gather(lengths_t, batch))
+            cut = (steps + bucket - 1) // bucket * bucket  # the bucket's width, as __getitem__
+            x = tf.gather(inputs_t, batch)[:, :cut]
+            y = tf.gather(targets_t, batch)[:, :cut]
+            return {"image": images(tf.gather(rows_t, batch)), "tokens": x}, y
+
+        plan = tf.data.Dataset.from_generator(
+            epoch, output_signature=tf.TensorSpec((None,), tf.int64))
+        return plan.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
     @property
     def tokens(self) -> int:

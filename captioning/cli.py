@@ -183,9 +183,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import keras
+
+    from captioning.backend import training_backend
     from captioning.train import train_captioner
 
     config = load_experiment(args.experiment, args.overrides)
+    wanted = training_backend(config.train.backend, config.train.epochs)
+    if wanted != keras.backend.backend() and args.own_process:
+        # Keras fixed its backend when it was imported: start again on the one that trains.
+        print(f"training on Keras' {wanted} backend (train.backend: {config.train.backend})",
+              flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "captioning.cli", *args.argv],
+                  {**os.environ, "KERAS_BACKEND": wanted})
     result = train_captioner(config, model_dir=args.output)
     best = result.best
     print(f"best epoch {best['epoch']} of {len(result.history)}"
@@ -378,9 +388,10 @@ COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv, args.own_process = argv, own_process
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from captioning.datasets import DatasetError
     from captioning.errors import ModelDirError, RegistryError, TrackingError, WriteError

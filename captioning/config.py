@@ -156,8 +156,8 @@ class AttentionConfig(_Section):
     model.lstm_units wide, the words model.embedding_dim (or the spaCy vectors')."""
 
     units: StrictInt = Field(256, ge=1)  # of the additive attention's hidden layer
-    # lambda of the doubly stochastic regularisation, sum_i (1 - sum_t alpha_ti)^2: every
-    # position attended to about once over a caption. The paper's value: 1.
+    # lambda of the doubly stochastic regularisation, sum_i (1 - sum_t alpha_ti)^2 per word:
+    # every position attended to about once over a caption. The paper's value: 1.
     doubly_stochastic: StrictFloat = Field(1.0, ge=0.0)
 
 
@@ -219,6 +219,14 @@ class TrainConfig(_Section):
     # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images.
     score_images: StrictInt = Field(250, ge=1)
     max_caption_length: StrictInt = Field(40, ge=3)  # tokens, startseq/endseq included
+    # Keras' dtype policy: mixed ones compute in 16 bits and keep the weights, the logits and
+    # the loss in float32 (mixed_float16 scales the loss so gradients do not underflow).
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # Train steps run per call into the compiled function (Keras' steps_per_execution).
+    steps_per_execution: StrictInt = Field(1, ge=1)
+    # The Keras backend that trains: auto = JAX on a CPU-only machine for 10 epochs or more,
+    # else TensorFlow (captioning/backend.py says why). KERAS_BACKEND, if set, wins.
+    backend: Literal["auto", "tensorflow", "jax"] = "auto"
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:

@@ -41,8 +41,8 @@ LOGGED_NAME = "model"  # the name every trial's model is logged under: runs:/<ru
 CODE = Path(__file__).with_name("model_code.py")
 PACKAGED_FILES = ("model.keras", "vocab.json", "config.json", "metrics.json")
 MAX_BEAM_WIDTH = 20  # a request's beam costs images x width decoder rows: bound it
-REQUIREMENTS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow", "pydantic",
-                "pyyaml", "filelock", "tqdm")
+REQUIREMENTS = ("mlflow", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pandas", "pillow",
+                "pydantic", "pyyaml", "filelock", "tqdm")
 
 
 class CaptionerModel(mlflow.pyfunc.PythonModel):

@@ -8,6 +8,7 @@ so it also runs on the JAX and PyTorch backends.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,20 @@ def build_model(config: ModelConfig, vocab_size: int, feature_mean: np.ndarray,
 
 def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_loss,
-                  metrics=[MaskedAccuracy()])
+                  metrics=[MaskedAccuracy()], steps_per_execution=config.steps_per_execution)
     return model
+
+
+@contextmanager
+def precision(policy: str):
+    """Build (and train) models under Keras' dtype `policy`, then the one there was before.
+    Every decoder keeps its standardisation and logits layers in float32."""
+    before = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(before)
 
 
 def step_decoder(model: keras.Model) -> Stepper:

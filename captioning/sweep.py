@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from captioning import search_space as spaces
+from captioning.backend import training_backend
 from captioning.config import ConfigError, ExperimentConfig
 from captioning.datasets import load_dataset
 from captioning.decoders import decoder_named
@@ -408,7 +409,13 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             update={"keep_grid": True})})
     if not ray.is_initialized():
         # Without --address, a Ray of this sweep's own: never one another program left running.
-        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False)
+        # Its workers (the trials) get the Keras backend that trains (captioning/backend.py).
+        backend = training_backend(config.train.backend, config.train.epochs,
+                                   config.sweep.resources.gpu)
+        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False,
+                 runtime_env={"env_vars": {"KERAS_BACKEND": backend}})
+        say(f"trials train on Keras' {backend} backend (train.backend: "
+            f"{config.train.backend})")
     check_gpus(config.sweep.resources.gpu, cluster=address is not None)
 
     storage_path = _storage(config, storage)

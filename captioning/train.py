@@ -40,7 +40,7 @@ from captioning.decoders import Stepper, decoder_named, decoders
 from captioning.embeddings import load_vectors, spacy_embedding_matrix
 from captioning.features import FeatureSet, image_inputs
 from captioning.files import Writer, write_whole
-from captioning.model import build_model, compile_model, step_decoder
+from captioning.model import build_model, compile_model, precision, step_decoder
 from captioning.prepare import Prepared, prepare
 from captioning.scores import caption_scores, strip_markers
 
@@ -212,6 +212,17 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     val_rows, val_seqs = caption_split(prepared, "val", length)
     grid = config.model.grid
     features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
+    with precision(config.train.precision):
+        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume,
+                    (train_rows, train_seqs, val_rows, val_seqs), (features, mean, var))
+
+
+def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
+         on_epoch: EpochCallback | None, vectors: object, verbose: int | None, resume: bool,
+         captions: tuple, inputs: tuple) -> TrainResult:
+    train_rows, train_seqs, val_rows, val_seqs = captions
+    features, mean, var = inputs
+    grid, length = config.model.grid, config.train.max_caption_length
 
     done: list[dict[str, float]] = []
     if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():
@@ -246,8 +257,12 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     if len(done) < config.train.epochs:
+        if keras.backend.backend() == "tensorflow":  # batches made in the graph, ahead
+            train_batches = train_batches.tf_dataset()
+            val_batches = val_batches.tf_dataset() if val_batches is not None else None
         model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
-                  initial_epoch=len(done), callbacks=[epoch_end, stopper], verbose=verbose)
+                  initial_epoch=len(done), callbacks=[epoch_end, stopper], verbose=verbose,
+                  shuffle=False)
     assert epoch_end.best is not None
     return TrainResult(model_dir, epoch_end.best, epoch_end.history,
                        stopped_early=stopper.stopped_epoch > 0)

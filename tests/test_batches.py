@@ -212,3 +212,30 @@ def test_a_500_word_caption_is_loaded_then_cut_to_max_caption_length_keeping_end
     assert inputs["tokens"].shape == targets.shape == (2, rounded(max_length - 1))
     long_row = int(np.argmax((targets != 0).sum(axis=1)))
     assert targets[long_row, max_length - 2] == vocab.end_id
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_the_tf_data_pipeline_gives_the_same_batches_in_the_same_order(tmp_path, grid):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 15, size=90)
+    sequences = [np.r_[2, rng.integers(4, 30, size=n - 2), 3].astype("int32") for n in lengths]
+    rows = np.arange(90) // 5
+    if grid:  # memory-mapped feature maps, as the cache holds them
+        maps = np.lib.format.open_memmap(tmp_path / "maps.npy", mode="w+", dtype="float16",
+                                         shape=(18, 4, 6))
+        maps[:] = rng.normal(size=maps.shape)
+        maps.flush()
+        features = np.load(tmp_path / "maps.npy", mmap_mode="r")
+    else:
+        features = rng.normal(size=(18, 6)).astype("float32")
+    expected = CaptionBatches(features, rows, sequences, 8, shuffle=True, seed=3)
+    piped = CaptionBatches(features, rows, sequences, 8, shuffle=True, seed=3).tf_dataset()
+    for _ in range(2):  # two epochs: the second is shuffled anew, as Keras would ask
+        got = [(x, y) for x, y in piped.as_numpy_iterator()]
+        assert len(got) == len(expected)
+        for i, (x, y) in enumerate(got):
+            want_x, want_y = expected[i]
+            np.testing.assert_array_equal(x["tokens"], want_x["tokens"])
+            np.testing.assert_array_equal(y, want_y)
+            np.testing.assert_array_equal(x["image"], want_x["image"])
+        expected.on_epoch_end()

@@ -103,7 +103,9 @@ def test_attention_adds_the_doubly_stochastic_penalty_over_real_steps(model_and_
         real = np.array([t < length for length in lengths], float)
         attended += stepper.attention * real[:, None]
     np.testing.assert_allclose(stepper.attention.sum(axis=1), 1.0, atol=1e-5)
-    assert penalty == pytest.approx(float(((1 - attended) ** 2).sum(axis=1).mean()), rel=1e-4)
+    words = np.array(lengths, float)  # the real (non-padding) input tokens of each caption
+    expected = (((1 - attended) ** 2).sum(axis=1) / words).mean()
+    assert penalty == pytest.approx(float(expected), rel=1e-4)
 
 
 @pytest.mark.parametrize("decoder", list(GRID_DECODERS))

@@ -75,6 +75,7 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
     for run in runs:
         assert dataset_of(run.info.run_id).digest == dataset.digest()
         assert run.info.status == "FINISHED"
+        assert run.info.run_name.startswith(run.data.params["model.decoder"] + " ")
         assert run.data.params["encoder.name"] in run.info.run_name
         assert {"model.lstm_units", "train.learning_rate", "data.root"} <= set(run.data.params)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_bleu4")]
@@ -90,8 +91,10 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         assert linked["val_bleu4"].value == max(m.value for m in history)
         assert linked["val_bleu4"].step == min(m.step for m in history
                                                if m.value == linked["val_bleu4"].value)
-        assert {"val_samples.json", "val_samples.png"} <= {
-            a.path for a in client.list_artifacts(run.info.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"val_samples.json", "val_samples.png"} <= artifacts
+        # An attention trial shows where it looked for each word of a few captions.
+        assert ("attention.png" in artifacts) == (run.data.params["model.decoder"] == "attention")
         assert run.data.tags["early_stopped"] == str(
             int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()
 
@@ -129,10 +132,16 @@ def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
 def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
                                                                      mlflow_server):
     result, tmp = smoke_sweep
-    encoders = {run.data.params["encoder.name"]
-                for run in trial_runs(mlflow_server, "smoke", result.parent_run_id)}
-    cached = sorted((tmp / "ray_results" / "feature_cache" / "features").glob("*.npy"))
+    runs = trial_runs(mlflow_server, "smoke", result.parent_run_id)
+    encoders = {run.data.params["encoder.name"] for run in runs}
+    # Merge trials read pooled vectors, attention trials feature maps: one extraction serves
+    # both (the sweep caches the maps from the start).
+    assert {run.data.params["model.decoder"] for run in runs} == {"merge", "attention"}
+    folder = tmp / "ray_results" / "feature_cache" / "features"
+    cached = sorted(path for path in folder.glob("*.npy")
+                    if not path.name.endswith((".grid.npy", ".gridsq.npy")))
     assert sorted(path.name.rsplit("-", 1)[0] for path in cached) == sorted(encoders)
+    assert all(path.with_suffix(".grid.npy").is_file() for path in cached)
     extractions = {encoder: 0 for encoder in encoders}
     for trial in result.timeline:
         extractions[trial["config"]["encoder.name"]] += trial["features_extracted"]

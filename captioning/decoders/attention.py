@@ -7,7 +7,10 @@
         z_t = sigmoid(dense(h_{t-1})) * sum_i alpha_ti a_i         context, gated by beta
         h_t, c_t = LSTM([E y_{t-1}; z_t], h_{t-1}, c_t-1)
         logits_t = L_o(E y_{t-1} + L_h dropout(h_t) + L_z z_t)     the deep output layer
-    loss += lambda * sum_i (1 - sum_t alpha_ti)^2                  doubly stochastic attention
+    loss += lambda * sum_i (1 - sum_t alpha_ti)^2 / words           doubly stochastic attention
+
+The penalty is divided by the caption's words because the loss here is a mean per word, where
+the paper's is a caption's summed log-likelihood: the two terms keep the paper's proportions.
 
 Teacher forcing runs the recurrence over whole captions with `keras.ops.scan`; the step model
 runs the same layers once per word, and also returns alpha (where it looked).
@@ -88,8 +91,11 @@ class SoftAttentionLSTM(layers.Layer):
                               (1, 0, 2))
         (_, _, _, attended), (hs, _, zs, _) = ops.scan(body, (h, c, z, attended), steps)
         if self.doubly_stochastic:
-            self.add_loss(self.doubly_stochastic
-                          * ops.mean(ops.sum(ops.square(1.0 - attended), axis=-1)))
+            # Per word of each caption, as the masked loss is: the paper adds it to a caption's
+            # summed log-likelihood, so their ratio is the paper's.
+            words = ops.maximum(ops.sum(real, axis=-1), 1.0)
+            self.add_loss(self.doubly_stochastic * ops.mean(
+                ops.sum(ops.square(1.0 - attended), axis=-1) / words))
         return ops.transpose(hs, (1, 0, 2)), ops.transpose(zs, (1, 0, 2))
 
     def compute_output_shape(self, grid_shape: tuple, embedded_shape: tuple,
@@ -158,7 +164,7 @@ class Attention:
         grid = keras.Input((positions, channels), name="image")
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         normalised = layers.Normalization(mean=stats.mean, variance=stats.var,
-                                          name="grid_norm")(grid)
+                                          dtype="float32", name="grid_norm")(grid)
 
         width = embedding_matrix.shape[1] if embedding_matrix is not None \
             else config.embedding_dim
@@ -172,7 +178,7 @@ class Attention:
         deep = layers.Add(name="out_add")([
             words, layers.Dense(width, name="out_hidden")(hidden),
             layers.Dense(width, name="out_context")(context)])
-        logits = layers.Dense(vocab_size, name="logits")(deep)  # (batch, time, vocabulary)
+        logits = layers.Dense(vocab_size, dtype="float32", name="logits")(deep)  # (b, t, V)
         model = keras.Model([grid, tokens], logits, name=model_name("attention"))
         if embedding_matrix is not None:
             embedding.set_weights([embedding_matrix.astype("float32")])

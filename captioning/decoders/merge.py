@@ -115,7 +115,8 @@ class Merge:
         tokens = keras.Input((None if teacher_forcing else prefix_length,), dtype="int32",
                              name="tokens")
 
-        x = layers.Normalization(mean=stats.mean, variance=stats.var, name="image_norm")(image)
+        x = layers.Normalization(mean=stats.mean, variance=stats.var, dtype="float32",
+                                 name="image_norm")(image)
         x = layers.Dropout(config.dropout, name="image_dropout")(x)
         context = layers.Dense(units, activation="relu", name="image_dense")(x)  # (batch, units)
 
@@ -128,7 +129,7 @@ class Merge:
         text = layers.LSTM(units, return_sequences=teacher_forcing, name="lstm")(e)
         merged = AddImageContext(name="merge")([context, text])
         hidden = layers.Dense(units, activation="relu", name="decoder_dense")(merged)
-        logits = layers.Dense(vocab_size, name="logits")(hidden)
+        logits = layers.Dense(vocab_size, dtype="float32", name="logits")(hidden)
         model = keras.Model([image, tokens], logits, name=model_name("merge"))
         if embedding_matrix is not None:
             embedding.set_weights([embedding_matrix.astype("float32")])

@@ -295,7 +295,8 @@ class Transformer:
         grid = keras.Input((positions, channels), name="image")
         tokens = keras.Input((None,), dtype="int32", name="tokens")
 
-        x = layers.Normalization(mean=stats.mean, variance=stats.var, name="grid_norm")(grid)
+        x = layers.Normalization(mean=stats.mean, variance=stats.var, dtype="float32",
+                                 name="grid_norm")(grid)
         x = layers.Dense(units, name="grid_project")(x)
         memory = Positions(positions, units, name="grid_positions")(x)
         for i in range(settings.encoder_layers):
@@ -317,7 +318,7 @@ class Transformer:
             y = Block(units, settings.heads, settings.ff_units, config.dropout, causal=True,
                       cross=True, name=f"decoder_block_{i}")(y, memory)
         y = layers.LayerNormalization(epsilon=1e-5, name="final_norm")(y)
-        logits = layers.Dense(vocab_size, name="logits")(y)
+        logits = layers.Dense(vocab_size, dtype="float32", name="logits")(y)
         model = keras.Model([grid, tokens], logits, name=model_name("transformer"))
         if embedding_matrix is not None:
             embedding.set_weights([embedding_matrix.astype("float32")])
