@@ -8,12 +8,16 @@ One set of (random) weights is shared by every row, so all rows compute the same
   seed, batched the same prefix model, but one `predict_on_batch` per word for all images
                 (the whole prefix is re-read by the LSTM at every step). Extra row: it separates
                 the gain from batching from the gain from carrying the LSTM state.
-  ours          `captioning.decode.generate`: one StepDecoder call per word for the whole batch
+  ours          `captioning.decode.generate`: one stepper call per word for the whole batch
                 of images, carrying the LSTM state; greedy, and beam width 3 as an extra row.
+  attention,    the other decoders (--decoders), on a random feature grid (--positions x
+  transformer   --grid-channels; MobileNet alpha 0.25 at 224 px: 49 x 256), greedy and beam 3;
+                the Transformer twice: with its key/value cache (what `captioning` uses) and
+                recomputing the whole prefix under the causal mask at every step.
 
 With random weights greedy decoding may emit endseq at any step (or never), so by default the
 logits bias of endseq (and padding) is set very low in the shared weights: every caption then
-has exactly max_length - 1 words on every row, and rates are comparable. --keep-endseq turns
+has exactly max_length - 2 words on every row, and rates are comparable. --keep-endseq turns
 that off (then compare words/s).
 
 The seed row is timed on --seed-images images (it is slow), the others on --images; each row's
@@ -39,7 +43,8 @@ from common import add_model_size_args, machine_info, print_timing_notes  # noqa
 
 from captioning.config import ModelConfig  # noqa: E402
 from captioning.decode import generate  # noqa: E402
-from captioning.model import StepDecoder, build_model  # noqa: E402
+from captioning.decoders.transformer import TransformerStepper  # noqa: E402
+from captioning.model import build_model, step_decoder  # noqa: E402
 from captioning.text import END, PAD, START, UNK, Vocabulary  # noqa: E402
 
 
@@ -55,7 +60,7 @@ def seed_greedy(model: keras.Model, vocab: Vocabulary, photo: np.ndarray, max_le
                 prefix_length: int) -> list[int]:
     """The seed's loop for one image: one `predict` per word on the padded prefix so far."""
     ids = [vocab.start_id]
-    for _ in range(max_length - 1):  # startseq counts as one token, as in decode.greedy
+    for _ in range(max_length - 2):  # max_length counts startseq and endseq, as in decode
         sequence = pre_padded([ids], prefix_length)
         yhat = model.predict([photo[None], sequence], verbose=0)
         word = int(np.argmax(yhat))
@@ -73,7 +78,7 @@ def seed_batched(model: keras.Model, vocab: Vocabulary, features: np.ndarray, ma
         chunk = features[start:start + batch_size]
         prefixes = [[vocab.start_id] for _ in chunk]
         done = np.zeros(len(chunk), bool)
-        for _ in range(max_length - 1):
+        for _ in range(max_length - 2):
             logits = np.asarray(model.predict_on_batch(
                 [chunk, pre_padded(prefixes, prefix_length)]))
             words = logits.argmax(axis=-1)
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="images decoded by the seed's per-word predict loop (default 20)")
     add_model_size_args(parser)
     parser.add_argument("--max-length", type=int, default=20,
-                        help="decoded tokens incl. startseq: max_length-1 words (default 20)")
+                        help="tokens incl. startseq and endseq: max_length-2 words (default 20)")
     parser.add_argument("--prefix-length", type=int, default=34,
                         help="the prefix model's input length (seed on Flickr8k: 34)")
     parser.add_argument("--beam-width", type=int, default=3, help="extra row; 0 = skip")
@@ -108,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the extra 'seed model, batched' row")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per row, interleaved; the best is reported (default 3)")
+    parser.add_argument("--decoders", nargs="*", default=["attention", "transformer"],
+                        choices=["attention", "transformer"],
+                        help="rows of the other decoders (default: both)")
+    parser.add_argument("--positions", type=int, default=49, help="grid positions (default 49)")
+    parser.add_argument("--grid-channels", type=int, default=256,
+                        help="grid channels (default 256, MobileNet alpha 0.25)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.images, args.seed_images, args.repeats, args.batch_size) < 1:
@@ -129,16 +140,28 @@ def main(argv: list[str] | None = None) -> int:
     mean, var = features.mean(axis=0), features.var(axis=0)
     config = ModelConfig(lstm_units=args.units, embedding_dim=args.embedding_dim, dropout=0.5)
 
-    model = build_model(config, len(vocab), mean, var)  # teacher-forced: the trained model
-    if not args.keep_endseq:
-        logits = model.get_layer("logits")
-        kernel, bias = logits.get_weights()
-        bias[[vocab.end_id, vocab.pad_id]] = -1e4
-        logits.set_weights([kernel, bias])
+    def suppress_endseq(model: keras.Model) -> keras.Model:
+        if not args.keep_endseq:
+            logits = model.get_layer("logits")
+            kernel, bias = logits.get_weights()
+            bias[[vocab.end_id, vocab.pad_id]] = -1e4
+            logits.set_weights([kernel, bias])
+        return model
+
+    model = suppress_endseq(build_model(config, len(vocab), mean, var))  # teacher-forced
     prefix_model = build_model(config, len(vocab), mean, var, teacher_forcing=False,
                                prefix_length=args.prefix_length)
     prefix_model.set_weights(model.get_weights())
-    decoder = StepDecoder(model)
+    decoder = step_decoder(model)
+    grid = rng.normal(size=(args.images, args.positions, args.grid_channels)).astype("float32")
+    others = []  # (label, stepper)
+    for name in args.decoders:
+        other = suppress_endseq(build_model(
+            ModelConfig(decoder=name, dropout=0.5), len(vocab), grid.mean(axis=(0, 1)),
+            grid.var(axis=(0, 1)), positions=args.positions, max_length=args.max_length))
+        others.append((name, step_decoder(other)))
+        if name == "transformer":
+            others.append(("transformer, recompute", TransformerStepper(other, cache=False)))
 
     print("== decoding throughput: seed (one predict per word per image) vs ours (batched) ==")
     for line in machine_info():
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.vocab}, features {args.feature_dim}-d N(0,1), random weights (seeded), "
           f"endseq {'as drawn' if args.keep_endseq else 'suppressed'}")
     print(f"decoding: max_length {args.max_length} tokens incl. startseq "
-          f"(<= {args.max_length - 1} words), prefix model length {args.prefix_length} "
+          f"(<= {args.max_length - 2} words), prefix model length {args.prefix_length} "
           f"(pre-padded), chunks of {args.batch_size} images")
 
     # Warm-ups: trace every function once (two batch shapes each, so the traces generalise).
@@ -160,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                  batch_size=32)
     if not args.no_seed_batched:
         seed_batched(prefix_model, vocab, features[:40], 3, args.prefix_length, 32)
+    for _, stepper in others:
+        for width in {1, max(args.beam_width, 1)}:
+            generate(stepper, vocab, grid[:40], beam_width=width, max_length=4, batch_size=32)
 
     def seed_loop() -> list[str]:
         return [vocab.decode(seed_greedy(prefix_model, vocab, f, args.max_length,
@@ -182,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.beam_width > 1:
         decoders.append((f"ours: generate, beam {args.beam_width}", args.images,
                          lambda: ours(args.beam_width)))
+    for label, stepper in others:
+        for width in (1, args.beam_width) if args.beam_width > 1 else (1,):
+            decoders.append((f"{label}, {'greedy' if width == 1 else f'beam {width}'}",
+                             args.images, lambda s=stepper, w=width: generate(
+                                 s, vocab, grid, beam_width=w, max_length=args.max_length,
+                                 batch_size=args.batch_size)))
 
     load_before = os.getloadavg()
     times: list[list[float]] = [[] for _ in decoders]
@@ -195,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     print()
-    header = (f"{'decoder':<30} {'images':>7} {'words':>7} {'seconds':>8} {'captions/s':>11} "
+    header = (f"{'decoder':<34} {'images':>7} {'words':>7} {'seconds':>8} {'captions/s':>11} "
               f"{'words/s':>9} {'x seed':>8}")
     print(header)
     print("-" * len(header))
@@ -203,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_rate = args.seed_images / best[0]
     for (label, images, _), text, secs in zip(decoders, texts, best, strict=True):
         words = sum(len(t.split()) for t in text)
-        print(f"{label:<30} {images:>7} {words:>7} {secs:>8.2f} {images / secs:>11.2f} "
+        print(f"{label:<34} {images:>7} {words:>7} {secs:>8.2f} {images / secs:>11.2f} "
               f"{words / secs:>9.0f} {images / secs / seed_rate:>7.1f}x")
     print_timing_notes(times, "runs", load_before, load_after)
     seed_text = texts[0]
@@ -222,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{' (match)' if same == args.images else ' (MISMATCH)'}")
     print(f"distinct greedy captions: {len(set(ours_text))}/{len(ours_text)}, distinct words "
           f"used: {len({w for t in ours_text for w in t.split()})} (random weights)")
+    by_label = {label: text for (label, _, _), text in zip(decoders, texts, strict=True)}
+    if "transformer, greedy" in by_label:
+        same = sum(a == b for a, b in zip(by_label["transformer, greedy"],
+                                          by_label["transformer, recompute, greedy"],
+                                          strict=True))
+        print(f"greedy captions, transformer cached vs recomputed, {args.images} images: "
+              f"{same}/{args.images} identical"
+              f"{' (match)' if same == args.images else ' (MISMATCH)'}")
     print(f"example (image 0): {ours_text[0]!r}")
     print(f"ratio (ours / seed): {ours_rate / seed_rate:.1f}x")
     return 0

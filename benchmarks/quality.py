@@ -10,6 +10,8 @@ kept), with these rows:
                           (of its five, the one with the highest CIDEr-D against the other four)
   seed recipe             the merge model: frozen spaCy vectors, LSTM 256, dropout 0.5, Adam
                           0.0012, batch 32, early stopping; once per --seeds
+  attention, transformer  the other decoders (--decoders), on the encoder's feature maps, at
+                          the same budget (epochs, early stopping), with --set for their own
 
 It also prints the encoder's extraction speed (images/s, from an empty cache) and the seconds
 per training epoch (training, validation loss and scoring the validation captions).
@@ -40,7 +42,7 @@ import numpy as np  # noqa: E402
 from common import machine_info  # noqa: E402
 
 from captioning.captioner import Captioner  # noqa: E402
-from captioning.config import ExperimentConfig, parse_config  # noqa: E402
+from captioning.config import ExperimentConfig, apply_overrides, parse_config  # noqa: E402
 from captioning.features import image_inputs  # noqa: E402
 from captioning.prepare import Prepared, prepare  # noqa: E402
 from captioning.scores import SCORE_NAMES, caption_scores, strip_markers  # noqa: E402
@@ -51,7 +53,7 @@ def base_config(args: argparse.Namespace, keep_one_letter_words: bool, cache: Pa
                 ) -> ExperimentConfig:
     """The seed's recipe on `args`' data, encoder and embedding."""
     encoder = {"name": args.encoder, "weights": args.weights, "cache_dir": str(cache),
-               "batch_size": 64}
+               "batch_size": 64, "keep_grid": args.decoders != ["merge"]}
     if args.alpha is not None:
         encoder["alpha"] = args.alpha
     return parse_config({
@@ -138,6 +140,12 @@ def main() -> int:
     parser.add_argument("--cleanings", nargs="+", default=["seed", "papers"],
                         choices=["seed", "papers"],
                         help="seed: one-letter words dropped; papers: kept")
+    parser.add_argument("--decoders", nargs="+", default=["merge"],
+                        choices=["merge", "attention", "transformer"],
+                        help="trained rows: merge is the seed's recipe (default: merge)")
+    parser.add_argument("--set", action="append", default=[], metavar="[DECODER:]KEY=VALUE",
+                        help="an experiment key for every trained row, or for one decoder's, "
+                             "e.g. attention:train.learning_rate=0.0005")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for every figure")
     args = parser.parse_args()
 
@@ -163,32 +171,38 @@ def main() -> int:
         print(f"most frequent training caption: {caption!r}")
         results.append(("nearest neighbour (cosine)", "-",
                         caption_scores(refs, nearest_neighbour(prepared))))
-        for seed in args.seeds:
-            run = config.model_copy(update={"train": config.train.model_copy(
-                update={"seed": seed})})
-            stamps = [time.perf_counter()]
-            trained = train_captioner(run, model_dir=work / f"{cleaning}-{seed}",
-                                      prepared=prepared, verbose=0,
-                                      on_epoch=lambda *_, times=stamps: times.append(
-                                          time.perf_counter()))
-            per_epoch = np.diff(stamps)
-            captioner = Captioner.load(trained.model_dir)
-            features = image_inputs(prepared.features, prepared.dataset.splits["test"],
-                                    run.model.grid)
-            kept = int(trained.best["epoch"])
-            print(f"seed recipe, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
-                  f"{args.monitor}; {np.median(per_epoch):.1f} s per epoch (median; "
-                  f"{len(prepared.dataset.splits['train']) * 5} captions)")
-            for beam in (1, 3):
-                names = prepared.dataset.splits["test"]
-                predicted = captioner.caption_features(features, beam)
-                results.append((f"seed recipe (seed {seed}, epoch {kept})",
-                                "greedy" if beam == 1 else f"beam {beam}",
-                                caption_scores(refs, dict(zip(names, predicted, strict=True)))))
-            report["rows"].append({"cleaning": cleaning, "seed": seed, "kept_epoch": kept,
-                                   "epochs": len(trained.history),
-                                   "seconds_per_epoch": float(np.median(per_epoch)),
-                                   "history": trained.history})
+        for decoder in args.decoders:
+            settings = [o.split(":", 1)[1] for o in args.set if o.startswith(f"{decoder}:")]
+            recipe = apply_overrides(config.to_dict(), [f"model.decoder={decoder}", *settings,
+                                                        *[o for o in args.set if ":" not in
+                                                          o.split("=", 1)[0]]])
+            for seed in args.seeds:
+                run = parse_config(apply_overrides(recipe, [f"train.seed={seed}"]))
+                label = "seed recipe" if decoder == "merge" else decoder
+                stamps = [time.perf_counter()]
+                trained = train_captioner(run, model_dir=work / f"{cleaning}-{decoder}-{seed}",
+                                          prepared=prepared, verbose=0,
+                                          on_epoch=lambda *_, times=stamps: times.append(
+                                              time.perf_counter()))
+                per_epoch = np.diff(stamps)
+                captioner = Captioner.load(trained.model_dir)
+                features = image_inputs(prepared.features, prepared.dataset.splits["test"],
+                                        run.model.grid)
+                kept = int(trained.best["epoch"])
+                print(f"{label}, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
+                      f"{run.train.monitor}; {np.median(per_epoch):.1f} s per epoch (median; "
+                      f"{len(prepared.dataset.splits['train']) * 5} captions)", flush=True)
+                for beam in (1, 3):
+                    names = prepared.dataset.splits["test"]
+                    predicted = captioner.caption_features(features, beam)
+                    results.append((f"{label} (seed {seed}, epoch {kept})",
+                                     "greedy" if beam == 1 else f"beam {beam}",
+                                     caption_scores(refs, dict(zip(names, predicted,
+                                                                   strict=True)))))
+                report["rows"].append({"cleaning": cleaning, "decoder": decoder, "seed": seed,
+                                       "kept_epoch": kept, "epochs": len(trained.history),
+                                       "seconds_per_epoch": float(np.median(per_epoch)),
+                                       "history": trained.history})
         header = f"{'row':<32} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
             "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L"))
         words = "one-letter words kept" if cleaning == "papers" else "one-letter words dropped"

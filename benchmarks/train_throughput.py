@@ -30,6 +30,8 @@ every row, so a faster but wrong path shows):
   spe 8         train.steps_per_execution: 8
   xla           compile(jit_compile=True) (one compilation per bucket width)
   bucket 1      batches cut to their longest caption exactly: no work on padding
+  jax           Keras' JAX backend: the whole train step compiled by XLA, once per batch shape
+                (in a child process: Keras' backend is fixed per process)
 
     .venv/bin/python benchmarks/train_throughput.py --data-root ../shared/data/flickr8k-dev \
         --encoder mobilenet --alpha 0.25 \
@@ -40,6 +42,7 @@ every row, so a faster but wrong path shows):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -127,15 +130,17 @@ def timed_fit(model: keras.Model, data: keras.utils.PyDataset) -> float:
     return time.perf_counter() - start
 
 
-LEVERS = {  # name -> (pipeline, precision, steps_per_execution, jit_compile, bucket)
-    "float32 (today)": ("pydataset", "float32", 1, False, 4),
-    "tf.data": ("tf.data", "float32", 1, False, 4),
-    "bf16": ("pydataset", "mixed_bfloat16", 1, False, 4),
-    "spe 8": ("pydataset", "float32", 8, False, 4),
-    "xla": ("pydataset", "float32", 1, True, 4),
-    "bucket 1": ("pydataset", "float32", 1, False, 1),
-    "tf.data + bf16": ("tf.data", "mixed_bfloat16", 1, False, 4),
-    "tf.data + bf16 + spe 8": ("tf.data", "mixed_bfloat16", 8, False, 4),
+LEVERS = {  # name -> (backend, pipeline, precision, steps_per_execution, jit_compile, bucket)
+    "float32 (today)": ("tensorflow", "pydataset", "float32", 1, False, 4),
+    "tf.data": ("tensorflow", "tf.data", "float32", 1, False, 4),
+    "bf16": ("tensorflow", "pydataset", "mixed_bfloat16", 1, False, 4),
+    "spe 8": ("tensorflow", "pydataset", "float32", 8, False, 4),
+    "xla": ("tensorflow", "pydataset", "float32", 1, True, 4),
+    "bucket 1": ("tensorflow", "pydataset", "float32", 1, False, 1),
+    "tf.data + bf16 + spe 8": ("tensorflow", "tf.data", "mixed_bfloat16", 8, False, 4),
+    "jax": ("jax", "pydataset", "float32", 1, False, 4),
+    "jax + bf16": ("jax", "pydataset", "mixed_bfloat16", 1, False, 4),
+    "jax + bucket 1": ("jax", "pydataset", "float32", 1, False, 1),
 }
 
 
@@ -175,18 +180,24 @@ def real_data(args: argparse.Namespace) -> int:
     if config.embedding.startswith("spacy:"):
         matrix = spacy_embedding_matrix(load_vectors(config.embedding.removeprefix("spacy:")),
                                         prepared.vocab).matrix
-    levers = [name for name in LEVERS if not args.levers or name in args.levers]
-    print(f"== training levers, real data: {args.data_root}, decoder {args.decoder} ==")
-    for line in machine_info():
-        print(line)
-    print(f"data: {len(sequences)} training captions of {len(np.unique(rows))} images, "
-          f"vocabulary {len(prepared.vocab)}, features {features.shape[1:]} "
-          f"({config.encoder.name}); batch 32, Adam 0.0012; {args.steps} timed steps per "
-          f"epoch, best of {args.repeats} interleaved")
+    here = keras.backend.backend()
+    levers = [name for name in LEVERS if (not args.levers or name in args.levers)
+              and LEVERS[name][0] == here]
+    elsewhere = [name for name in LEVERS if (not args.levers or name in args.levers)
+                 and LEVERS[name][0] != here]
+    if not args.json:
+        print(f"== training levers, real data: {args.data_root}, decoder {args.decoder} ==")
+        for line in machine_info():
+            print(line)
+        print(f"data: {len(sequences)} training captions of {len(np.unique(rows))} images, "
+              f"vocabulary {len(prepared.vocab)}, features {features.shape[1:]} "
+              f"({config.encoder.name}); batch 32, Adam 0.0012; {args.steps} timed steps per "
+              f"epoch, best of {args.repeats} interleaved (rows of another backend: in a "
+              "process of their own, after these)")
 
     runs = []
     for name in levers:
-        pipeline, policy, spe, jit, bucket = LEVERS[name]
+        _, pipeline, policy, spe, jit, bucket = LEVERS[name]
         keras.utils.set_random_seed(args.seed)
         with precision(policy):
             model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
@@ -215,14 +226,31 @@ def real_data(args: argparse.Namespace) -> int:
             if repeat == 0:
                 losses.append(history.history["loss"][0])
     load_after = os.getloadavg()
+    rows_out = [{"name": name, "seconds": secs, "loss": loss, "warm": warm}
+                for (name, _, _, warm), secs, loss in zip(runs, times, losses, strict=True)]
+    if args.json:
+        args.json.write_text(json.dumps(rows_out))
+        return 0
+    if elsewhere:
+        import subprocess
+        import tempfile
+
+        out = Path(tempfile.mkdtemp()) / "rows.json"
+        other = LEVERS[elsewhere[0]][0]
+        argv = [a for a in sys.argv[1:]]
+        subprocess.run([sys.executable, __file__, *argv, "--levers", *elsewhere,
+                        "--json", str(out)], env={**os.environ, "KERAS_BACKEND": other},
+                       check=True)
+        rows_out += json.loads(out.read_text())
+        times = [row["seconds"] for row in rows_out]
     header = (f"{'lever':<26} {'captions/s':>11} {'s / 30k-caption epoch':>22} {'ratio':>6} "
               f"{'loss':>7} {'warm-up s':>10}")
     print("\n" + header + "\n" + "-" * len(header))
-    base = min(times[0])
-    for (name, _, _, warm), secs, loss in zip(runs, times, losses, strict=True):
-        rate = 32 * args.steps / min(secs)
-        print(f"{name:<26} {rate:>11.1f} {30000 / rate:>22.1f} {base / min(secs):>5.2f}x "
-              f"{loss:>7.4f} {warm:>10.1f}")
+    base = min(rows_out[0]["seconds"])
+    for row in rows_out:
+        rate = 32 * args.steps / min(row["seconds"])
+        print(f"{row['name']:<26} {rate:>11.1f} {30000 / rate:>22.1f} "
+              f"{base / min(row['seconds']):>5.2f}x {row['loss']:>7.4f} {row['warm']:>10.1f}")
     print_timing_notes(times, "epochs", load_before, load_after)
     return 0
 
@@ -257,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--steps", type=int, default=150, help="timed steps per epoch")
     real.add_argument("--levers", nargs="*", default=None, choices=list(LEVERS),
                       help="only these rows (default: all)")
+    real.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.data_root is not None:
         return real_data(args)

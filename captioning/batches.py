@@ -142,6 +142,9 @@ class CaptionBatches(keras.utils.PyDataset):
 
         plan = tf.data.Dataset.from_generator(
             epoch, output_signature=tf.TensorSpec((None,), tf.int64))
+        # The count is known (every epoch has len(self) batches): Keras then shows steps of a
+        # known total and does not warn that the input "ran out of data" at each epoch's end.
+        plan = plan.apply(tf.data.experimental.assert_cardinality(len(self)))
         return plan.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
     @property

@@ -211,13 +211,16 @@ class TrainConfig(_Section):
     batch_size: StrictInt = Field(32, ge=1)  # seed: 32 (captions per batch here)
     learning_rate: StrictFloat = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
     seed: StrictInt = 0
-    # Early stopping: epochs without improvement of `monitor` before training stops.
+    # Early stopping: epochs without improvement of `monitor` before training stops; the
+    # epoch kept is the best by it. CIDEr-D, as sweeps rank trials (docs/quality.md: on real
+    # photos val_loss bottoms out epochs before the captions stop improving).
     patience: StrictInt = Field(5, ge=1)
     monitor: Literal[
         "val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"
-    ] = "val_loss"
-    # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images.
-    score_images: StrictInt = Field(250, ge=1)
+    ] = "val_cider"
+    # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images: on a
+    # few hundred, CIDEr-D moves by several hundredths from epoch to epoch by chance alone.
+    score_images: StrictInt = Field(1000, ge=1)
     max_caption_length: StrictInt = Field(40, ge=3)  # tokens, startseq/endseq included
     # Keras' dtype policy: mixed ones compute in 16 bits and keep the weights, the logits and
     # the loss in float32 (mixed_float16 scales the loss so gradients do not underflow).
@@ -251,8 +254,9 @@ class SweepConfig(_Section):
     search_space: Path = Field(default_factory=lambda: _builtin_space("default"))
     num_samples: StrictInt = Field(8, ge=1)
     max_concurrent_trials: StrictInt = Field(2, ge=1)
+    # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
     metric: Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"] = (
-        "val_bleu4")
+        "val_cider")
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
     # up to train.epochs.
     grace_period: StrictInt = Field(2, ge=1)

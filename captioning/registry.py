@@ -142,7 +142,7 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
              alias: str) -> Promotion:
     sweep = _sweep_run(client, experiment, sweep_run)
     if metric is None:
-        metric = sweep.data.params.get("metric", "val_bleu4")
+        metric = sweep.data.params.get("metric", "val_cider")
         mode = mode or sweep.data.params.get("mode")
     if mode is None:
         mode = "min" if metric in LOWER_IS_BETTER else "max"

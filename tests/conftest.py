@@ -139,6 +139,9 @@ def start_service(command: list[str], url: str, log: Path, *, env: dict | None =
                   timeout: float = 120) -> subprocess.Popen:
     """Start `command` in a process group of its own, its output in `log`, and return once
     `url` answers; fail the test with the log's tail if it dies or stays silent."""
+    # MLflow 3's server also starts a job runner (seven huey consumer processes) for GenAI
+    # jobs no test uses: off, so each server started here costs one process, not eight.
+    env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -184,6 +187,32 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
                             root / "server.log", timeout=90)
     yield url
     stop_service(process)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
+    """One finished smoke sweep of the quickstart (4 trials, MLflow experiment "smoke"), run
+    once for the tests of the sweep and of promotion; returns (SweepResult, its folder)."""
+    import ray
+
+    from captioning.config import load_experiment
+    from captioning.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    path = REPO / "experiments" / "quickstart.yaml"
+    config = load_experiment(path, [
+        "name=smoke", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_server}",
+        f"sweep.storage_path={tmp / 'ray_results'}"])
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(config, experiment_path=path, smoke_test=True, num_samples=4,
+                           say=lambda _: None)
+    finally:
+        if started:
+            ray.shutdown()
+    return result, tmp
 
 
 @pytest.fixture(scope="module")

@@ -230,6 +230,7 @@ def test_the_tf_data_pipeline_gives_the_same_batches_in_the_same_order(tmp_path,
         features = rng.normal(size=(18, 6)).astype("float32")
     expected = CaptionBatches(features, rows, sequences, 8, shuffle=True, seed=3)
     piped = CaptionBatches(features, rows, sequences, 8, shuffle=True, seed=3).tf_dataset()
+    assert int(piped.cardinality()) == len(expected)  # Keras knows the steps of an epoch
     for _ in range(2):  # two epochs: the second is shuffled anew, as Keras would ask
         got = [(x, y) for x, y in piped.as_numpy_iterator()]
         assert len(got) == len(expected)

@@ -143,7 +143,12 @@ def _sweep(args: Any, where: str) -> tuple[ExperimentConfig, PurePosixPath]:
     assert args.command == "sweep"
     assert args.address == "auto", f"{where}: the sweep must join the cluster (--address auto)"
     config = load_experiment(_repo_path(args.experiment, where), args.overrides)
-    space = _repo_path(args.search_space or config.sweep.search_space, where)
+    if args.search_space:
+        space = _repo_path(args.search_space, where)
+    else:  # the loader made it absolute from the (repository's copy of the) experiment file
+        space = config.sweep.search_space
+        assert _under(PurePosixPath(space), PurePosixPath(REPO)) and space.is_file(), \
+            f"{where}: the experiment's search space {space} is not a file of the repository"
     spaces.load_search_space(space, config)
     root = PurePosixPath(config.data.root)
     return config, root if root.is_absolute() else IMAGE_WORKDIR / root

@@ -120,6 +120,16 @@ def test_grid_decoders_save_and_load_in_safe_mode_with_identical_outputs(decoder
                                model.predict_on_batch([grid, tokens]), atol=1e-6)
 
 
+def test_every_decoder_is_known_even_when_one_module_was_imported_first():
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-c", (
+        "import captioning.decoders.transformer; from captioning.decoders import decoders; "
+        "print(' '.join(sorted(decoders())))")], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["attention", "merge", "transformer"]
+
+
 def test_each_decoder_is_built_from_its_own_config_section():
     attention = grid_model("attention", attention={"units": 7})
     assert attention.get_layer("attend").attention_units == 7

@@ -52,6 +52,15 @@ def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+def test_the_wheel_holds_every_module_of_the_checkout(installed):
+    site = Path(subprocess.run([str(installed / "bin" / "python"), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"], capture_output=True,
+                               text=True, check=True).stdout.strip())
+    checkout = {p.relative_to(REPO).as_posix() for p in (REPO / "captioning").rglob("*.py")}
+    wheel = {p.relative_to(site).as_posix() for p in (site / "captioning").rglob("*.py")}
+    assert checkout - wheel == set(), "modules missing from the wheel (pyproject's packages)"
+
+
 def test_captioning_is_imported_from_the_wheel_not_the_checkout(installed, tmp_path):
     where = run(installed, "python", "-c", "import captioning; print(captioning.__file__)",
                 cwd=tmp_path)
@@ -89,5 +98,5 @@ def test_the_quickstart_runs_by_name_from_an_empty_folder_and_promote_needs_no_f
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "ray_results").is_dir()
     promoted = run(installed, "captioning", "promote", cwd=tmp_path)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
-    assert "scored by val_bleu4" in promoted.stdout
+    assert "scored by val_cider" in promoted.stdout
     assert "registered captioner version 1" in promoted.stdout

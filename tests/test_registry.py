@@ -13,40 +13,29 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import ray
 from mlflow import MlflowClient
 from PIL import Image
 
 from captioning.captioner import Captioner
 from captioning.cli import main
-from captioning.config import load_experiment
 from captioning.evaluate import evaluate_model
-from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG, SWEEP_TAG, using
-from conftest import REPO, free_port, start_service, stop_service
+from conftest import free_port, start_service, stop_service
 
 pytestmark = pytest.mark.slow
 MODEL = "promo-captioner"
 
 
 @pytest.fixture(scope="module")
-def sweep(sample_root, tmp_path_factory, mlflow_server):
-    """A finished smoke sweep ranked by CIDEr-D (rarely tied, unlike BLEU-4 after 3 epochs)."""
-    tmp = tmp_path_factory.mktemp("promo")
-    config = load_experiment(REPO / "experiments" / "quickstart.yaml", [
-        "name=promo", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_server}",
-        f"sweep.storage_path={tmp / 'ray_results'}", "sweep.metric=val_cider"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = run_sweep(config, smoke_test=True, num_samples=3, say=lambda _: None)
-    finally:
-        ray.shutdown()
+def sweep(smoke_sweep):
+    """The finished smoke sweep (conftest.py, MLflow experiment "smoke"), ranked by CIDEr-D."""
+    result, _ = smoke_sweep
     return result
 
 
 @pytest.fixture(scope="module")
 def promoted(sweep, mlflow_server):
-    code = main(["promote", "--experiment", "promo", "--metric", "val_cider",
+    code = main(["promote", "--experiment", "smoke", "--metric", "val_cider",
                  "--model-name", MODEL, "--tracking-uri", mlflow_server])
     assert code == 0
     return MlflowClient(mlflow_server, registry_uri=mlflow_server)
@@ -88,7 +77,7 @@ def test_promoting_the_same_best_trial_again_creates_no_new_version(promoted, ml
                                                                    capsys):
     before = promoted.search_model_versions(f"name = '{MODEL}'")
     capsys.readouterr()
-    assert main(["promote", "--experiment", "promo", "--metric", "val_cider",
+    assert main(["promote", "--experiment", "smoke", "--metric", "val_cider",
                  "--model-name", MODEL, "--tracking-uri", mlflow_server]) == 0
     assert "no new version" in capsys.readouterr().out
     after = promoted.search_model_versions(f"name = '{MODEL}'")
@@ -102,7 +91,7 @@ def test_a_metric_no_trial_logged_fails_cleanly_and_registers_nothing(sweep, mlf
                  "--model-name", "never-registered", "--tracking-uri", mlflow_server])
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: --metric val_meteor: no finished trial of sweep promo")
+    assert error.startswith("error: --metric val_meteor: no finished trial of sweep smoke")
     assert "val_bleu4" in error  # says which metrics there are
     assert MlflowClient(mlflow_server).search_registered_models(
         "name = 'never-registered'") == []

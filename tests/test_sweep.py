@@ -33,13 +33,7 @@ def experiment(sample_root: Path, tmp_path: Path, mlflow_url: str, name: str, *e
         f"sweep.storage_path={tmp_path / 'ray_results'}", *extra])
 
 
-@pytest.fixture(scope="module")
-def smoke_sweep(sample_root, tmp_path_factory, mlflow_server, local_ray):
-    tmp = tmp_path_factory.mktemp("smoke")
-    config = experiment(sample_root, tmp, mlflow_server, "smoke")
-    result = run_sweep(config, experiment_path=REPO / "experiments" / "quickstart.yaml",
-                       smoke_test=True, num_samples=4, say=lambda _: None)
-    return result, tmp
+# smoke_sweep (conftest.py): the quickstart in smoke mode, 4 trials, experiment "smoke".
 
 
 def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep, mlflow_server,
@@ -78,7 +72,7 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         assert run.info.run_name.startswith(run.data.params["model.decoder"] + " ")
         assert run.data.params["encoder.name"] in run.info.run_name
         assert {"model.lstm_units", "train.learning_rate", "data.root"} <= set(run.data.params)
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_bleu4")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_cider")]
         assert steps == list(range(1, len(steps) + 1))
         for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "val_cider",
                        "val_rouge_l", "val_bleu1"):
@@ -86,11 +80,12 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         # The kept epoch is logged as an MLflow model, with that epoch's scores linked to it.
         model = client.get_logged_model(run.data.tags[MODEL_TAG])
         assert model.source_run_id == run.info.run_id and model.name == "model"
-        history = client.get_metric_history(run.info.run_id, "val_bleu4")
+        # Kept by the metric the sweep ranks trials by (val_cider by default).
+        history = client.get_metric_history(run.info.run_id, "val_cider")
         linked = {m.key: m for m in model.metrics}
-        assert linked["val_bleu4"].value == max(m.value for m in history)
-        assert linked["val_bleu4"].step == min(m.step for m in history
-                                               if m.value == linked["val_bleu4"].value)
+        assert linked["val_cider"].value == max(m.value for m in history)
+        assert linked["val_cider"].step == min(m.step for m in history
+                                               if m.value == linked["val_cider"].value)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"val_samples.json", "val_samples.png"} <= artifacts
         # An attention trial shows where it looked for each word of a few captions.
@@ -115,7 +110,7 @@ def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
         except FileExistsError:
             score = 0.0
         for epoch in range(1, base["train"]["epochs"] + 1):
-            tune.report({"epoch": epoch, "loss": 1.0, "val_loss": 1.0, "val_bleu4": score})
+            tune.report({"epoch": epoch, "loss": 1.0, "val_loss": 1.0, "val_cider": score})
 
     config = experiment(sample_root, tmp_path, mlflow_server, "asha",
                         "sweep.max_concurrent_trials=1")
@@ -126,7 +121,7 @@ def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
     ran = sorted((int(run.data.tags["epochs_run"]), run.data.tags["early_stopped"])
                  for run in runs)
     assert ran == [(1, "true"), (1, "true"), (SMOKE_EPOCHS, "false")]
-    assert result.best["metrics"]["val_bleu4"] == 1.0
+    assert result.best["metrics"]["val_cider"] == 1.0
 
 
 def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,

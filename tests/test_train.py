@@ -22,7 +22,8 @@ EPOCH_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_bleu
 
 def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, tmp_path):
     seen = []
-    result = train_captioner(quick_config(sample_root), model_dir=tmp_path / "m", verbose=0,
+    config = quick_config(sample_root)
+    result = train_captioner(config, model_dir=tmp_path / "m", verbose=0,
                              on_epoch=lambda epoch, metrics, path: seen.append(
                                  (epoch, metrics, (path / "model.keras").exists())))
     assert [epoch for epoch, _, _ in seen] == [1, 2, 3]
@@ -30,8 +31,10 @@ def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, 
         assert EPOCH_KEYS <= set(metrics)
         assert checkpoint_on_disk
         assert 0.0 <= metrics["val_bleu4"] <= 1.0
-    losses = [metrics["val_loss"] for _, metrics, _ in seen]
-    assert result.best["epoch"] == int(np.argmin(losses)) + 1
+    # The epoch kept is the first best by train.monitor (validation CIDEr-D by default).
+    assert config.train.monitor == "val_cider" and config.train.monitor_mode == "max"
+    scores = [metrics["val_cider"] for _, metrics, _ in seen]
+    assert result.best["epoch"] == int(np.argmax(scores)) + 1
     saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert saved["epoch"] == result.best["epoch"]
     files = {p.name for p in (tmp_path / "m").iterdir()}

@@ -14,6 +14,7 @@ speak only this protocol, so a new decoder is a new file in this folder (found b
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -73,14 +74,15 @@ def register(decoder: Decoder) -> Decoder:
     return decoder
 
 
+@functools.cache
 def _register_all() -> None:
+    """Import every module of this package once; each registers its decoder."""
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
 
 
 def decoders() -> dict[str, Decoder]:
-    if not DECODERS:
-        _register_all()
+    _register_all()  # also when one module was imported (and registered) on its own first
     return DECODERS
 
 
