@@ -50,10 +50,14 @@ def spacy_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+QUICK_SPACE = REPO / "tests" / "spaces" / "merge.yaml"
+
+
 def small_overrides(root: Path) -> list[str]:
-    """Overrides that make any experiment quick on sample data: random weights, small input."""
+    """Overrides that make any experiment quick on sample data: random weights, small input,
+    and for sweeps a space of the merge decoder on one encoder (tests/spaces/merge.yaml)."""
     return [f"data.root={root}", "encoder.weights=none", "encoder.image_size=75",
-            "encoder.batch_size=64"]
+            "encoder.batch_size=64", f"sweep.search_space={QUICK_SPACE}"]
 
 
 def quick_config(root: Path, **train):

@@ -29,7 +29,7 @@ from captioning.cli import main
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep
 from captioning.tracking import using
-from conftest import REPO, free_port, start_service, stop_service
+from conftest import REPO, free_port, small_overrides, start_service, stop_service
 
 pytestmark = pytest.mark.slow
 PASSWORD = "test-only-password"  # a throwaway cluster that lives for this test
@@ -132,7 +132,7 @@ def mlflow_on_postgres(postgres: str):
 def test_a_sweep_on_two_nodes_tracked_in_postgres_is_promoted_and_loads_by_alias(
         mlflow_on_postgres, postgres, two_node_cluster, sample_root, tmp_path, capsys):
     config = load_experiment(REPO / "experiments" / "quickstart.yaml", [
-        "name=stack", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_on_postgres}",
+        "name=stack", *small_overrides(sample_root), f"sweep.tracking_uri={mlflow_on_postgres}",
         f"sweep.storage_path={tmp_path / 'shared' / 'ray_results'}",
         "sweep.max_concurrent_trials=2"])
     assert len(ray.nodes()) == 2

@@ -7,7 +7,7 @@ import ray
 
 from captioning.config import load_experiment
 from captioning.sweep import run_sweep, train_trial
-from conftest import REPO
+from conftest import REPO, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_a_sweep_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, sample
         train_trial(drawn, base)
 
     config = load_experiment(REPO / "experiments" / "quickstart.yaml", [
-        "name=cluster", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_server}",
+        "name=cluster", *small_overrides(sample_root), f"sweep.tracking_uri={mlflow_server}",
         f"sweep.storage_path={tmp_path / 'ray_results'}", "sweep.max_concurrent_trials=2"])
     assert len(ray.nodes()) == 2
     result = run_sweep(config, smoke_test=True, num_samples=2, trainable=recorded,
