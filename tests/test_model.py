@@ -130,6 +130,20 @@ def test_every_decoder_is_known_even_when_one_module_was_imported_first():
     assert listed.stdout.split() == ["attention", "merge", "transformer"]
 
 
+@pytest.mark.parametrize("decoder", sorted(GRID_DECODERS))
+def test_grid_decoders_train_under_mixed_precision(decoder):
+    from captioning.model import precision
+
+    with precision("mixed_bfloat16"):
+        model = compile_model(grid_model(decoder), TrainConfig())
+    rng = np.random.default_rng(4)
+    grid = rng.normal(size=(4, POSITIONS, DIM)).astype("float32")
+    tokens = rng.integers(4, VOCAB, size=(4, 6)).astype("int32")
+    loss = model.train_on_batch({"image": grid, "tokens": tokens}, np.roll(tokens, -1, axis=1))
+    assert np.isfinite(np.ravel(loss)[0])
+    assert model.get_layer("logits").compute_dtype == "float32"
+
+
 def test_each_decoder_is_built_from_its_own_config_section():
     attention = grid_model("attention", attention={"units": 7})
     assert attention.get_layer("attend").attention_units == 7

@@ -93,7 +93,9 @@ class SoftAttentionLSTM(layers.Layer):
         if self.doubly_stochastic:
             # Per word of each caption, as the masked loss is: the paper adds it to a caption's
             # summed log-likelihood, so their ratio is the paper's.
-            words = ops.maximum(ops.sum(real, axis=-1), 1.0)
+            # In float32, as the loss it is added to (mixed precision computes it in 16 bits).
+            attended = ops.cast(attended, "float32")
+            words = ops.maximum(ops.sum(ops.cast(real, "float32"), axis=-1), 1.0)
             self.add_loss(self.doubly_stochastic * ops.mean(
                 ops.sum(ops.square(1.0 - attended), axis=-1) / words))
         return ops.transpose(hs, (1, 0, 2)), ops.transpose(zs, (1, 0, 2))
