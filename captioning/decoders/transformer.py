@@ -283,7 +283,7 @@ def _memory(model: keras.Model, grid: Any) -> Any:
 @register
 class Transformer:
     name = "transformer"
-    attends = False  # its stepper says where it looked for each word
+    attends = False  # its cross-attention has heads and layers: no one map per word
     grid = True
 
     @staticmethod
