@@ -42,19 +42,6 @@ def sweep_command(name: str, work: Path, data: Path, resume: bool) -> list[str]:
             *[f"--set={o}" for o in overrides], *(["--resume"] if resume else [])]
 
 
-def whole_histories(sweep_dir: Path) -> dict[str, list[list[dict]]]:
-    from captioning.checkpoints import folders, storage, whole_epoch
-
-    filesystem, _ = storage(str(sweep_dir))
-    found: dict[str, list[list[dict]]] = {}
-    for trial_dir in sorted(sweep_dir.glob("trial_*")):
-        for folder in folders(filesystem, trial_dir.as_posix()):
-            if whole_epoch(filesystem, folder) is not None:
-                history = json.loads(Path(folder, "history.json").read_text())
-                found.setdefault(trial_dir.name.removeprefix("trial_"), []).append(history)
-    return found
-
-
 def check(name: str, work: Path, seen: dict[str, list[list[dict]]]) -> dict[str, int]:
     from mlflow import MlflowClient
     from ray import tune
@@ -136,6 +123,8 @@ def main() -> int:
                 code = None
         if code is None:
             kills += 1
+            from captioning.checkpoints import whole_histories
+
             for trial, histories in whole_histories(work / "runs" / name).items():
                 seen.setdefault(name, {}).setdefault(trial, []).extend(histories)
             print(f"kill {kills:2d}: {name} after {delay:5.1f} s")

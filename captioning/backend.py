@@ -2,7 +2,7 @@
 
 `auto` trains on JAX where that pays: on a machine that shows no NVIDIA GPU, with trials that
 ask for none, and for at least AUTO_JAX_EPOCHS epochs. JAX compiles the whole train step with
-XLA, once per batch shape; then it trains the seed's merge model 1.9 times as fast as
+XLA, once per batch shape; then it trains the seed's merge model 2.0 times as fast as
 TensorFlow's graph on two CPU cores (docs/benchmarks.md), but the compiling only pays over
 many epochs. Everything else (with a GPU: cuDNN's LSTM; feature extraction, whose oneDNN
 convolutions are 2 to 4 times as fast as XLA's on a CPU; captioning, evaluation, serving,

@@ -105,6 +105,19 @@ def folders(filesystem: Any, trial_dir: str) -> list[str]:
                   and posixpath.basename(info.path).startswith(CHECKPOINT_PREFIX))
 
 
+def whole_histories(sweep_dir: Path, prefix: str = "trial_") -> dict[str, list[list[dict]]]:
+    """Trial id -> the history.json of each whole checkpoint its folder (`prefix` + id) has,
+    in a sweep's folder on local storage: what a resumed sweep must not train again."""
+    filesystem, _ = storage(str(sweep_dir))
+    found: dict[str, list[list[dict]]] = {}
+    for trial_dir in sorted(Path(sweep_dir).glob(f"{prefix}*")):
+        for folder in folders(filesystem, trial_dir.as_posix()):
+            if whole_epoch(filesystem, folder) is not None:
+                found.setdefault(trial_dir.name.removeprefix(prefix), []).append(
+                    _read_json(filesystem, posixpath.join(folder, "history.json")))
+    return found
+
+
 @dataclass(frozen=True)
 class Found:
     path: str  # in `filesystem`

@@ -202,6 +202,14 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
                  model_dir / "vocab.json": prepared.vocab.save},
                 "checkpoint", f"{model_dir} is as it was")
 
+    # The dtype policy covers the model, not the features: they are cached whatever it is.
+    with precision(config.train.precision):
+        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume)
+
+
+def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
+         on_epoch: EpochCallback | None, vectors: object, verbose: int | None,
+         resume: bool) -> TrainResult:
     keras.utils.set_random_seed(config.train.seed)
     length = config.train.max_caption_length
     train_rows, train_seqs = caption_split(prepared, "train", length)
@@ -212,17 +220,6 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     val_rows, val_seqs = caption_split(prepared, "val", length)
     grid = config.model.grid
     features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
-    with precision(config.train.precision):
-        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume,
-                    (train_rows, train_seqs, val_rows, val_seqs), (features, mean, var))
-
-
-def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
-         on_epoch: EpochCallback | None, vectors: object, verbose: int | None, resume: bool,
-         captions: tuple, inputs: tuple) -> TrainResult:
-    train_rows, train_seqs, val_rows, val_seqs = captions
-    features, mean, var = inputs
-    grid, length = config.model.grid, config.train.max_caption_length
 
     done: list[dict[str, float]] = []
     if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():

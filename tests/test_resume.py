@@ -15,23 +15,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from captioning.checkpoints import folders, storage, whole_epoch
+from captioning.checkpoints import folders, storage, whole_epoch, whole_histories
 from conftest import REPO, cli_env, metric_steps, run_cli, small_overrides, trial_runs
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
-
-
-def whole_histories(sweep_dir: Path) -> dict[str, list[list[dict]]]:
-    """trial id -> the history.json of each whole checkpoint it has on storage."""
-    filesystem, _ = storage(str(sweep_dir))
-    found: dict[str, list[list[dict]]] = {}
-    for trial_dir in sorted(sweep_dir.glob("trial_*")):
-        for folder in folders(filesystem, trial_dir.as_posix()):
-            if whole_epoch(filesystem, folder) is not None:
-                history = json.loads(Path(folder, "history.json").read_text())
-                found.setdefault(trial_dir.name.removeprefix("trial_"), []).append(history)
-    return found
 
 
 def test_a_sweep_killed_at_each_point_and_resumed_loses_no_trial_and_repeats_no_epoch(
