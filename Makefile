@@ -25,8 +25,13 @@ train-demo: install
 	$(BIN)/captioning evaluate --model $(DEMO_MODEL) --beam 3 --output $(DEMO_MODEL)/test-predictions.json
 	$(BIN)/captioning caption --model $(DEMO_MODEL) $$(ls data/sample/Images/*.jpg | head -n 3)
 
+# Two workers: much of a test's time is one process starting (Python, TensorFlow, Ray), so on
+# 2 cores a second test fills the idle one. Each file runs on one worker, the files that run
+# sweeps handed out first (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .

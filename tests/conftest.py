@@ -20,6 +20,21 @@ from captioning.config import parse_config
 from captioning.sample_data import draw_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+# Files that share a costly session fixture run on one worker (`make test` runs two):
+# the smoke sweep below serves the sweep tests and the promotion tests.
+SHARED_WORKER = {"test_registry": "smoke-sweep", "test_sweep": "smoke-sweep"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's `--dist loadgroup`, each file is one unit of work (its module
+    fixtures made once), and the files that train sweeps (marked slow) are handed out
+    first, so that the quick ones fill in at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: each file keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.stem,
+                                                                  item.path.stem)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -195,8 +210,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
-    """One finished smoke sweep of the quickstart (4 trials, MLflow experiment "smoke"), run
-    once for the tests of the sweep and of promotion; returns (SweepResult, its folder)."""
+    """One finished smoke sweep of the quickstart's space (4 trials, MLflow experiment "smoke";
+    small images, a few scored), run once for the tests of the sweep and of promotion;
+    returns (SweepResult, its folder)."""
     import ray
 
     from captioning.config import load_experiment
@@ -206,10 +222,11 @@ def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
     path = REPO / "experiments" / "quickstart.yaml"
     config = load_experiment(path, [
         "name=smoke", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_server}",
-        f"sweep.storage_path={tmp / 'ray_results'}"])
+        f"sweep.storage_path={tmp / 'ray_results'}", "encoder.image_size=75",
+        "train.score_images=10"])
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(config, experiment_path=path, smoke_test=True, num_samples=4,
                            say=lambda _: None)

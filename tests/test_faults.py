@@ -114,7 +114,7 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
     args = ["sweep", "--num-samples", "2", "--storage", str(tmp_path / "runs"),
             *[f"--set={item}" for item in sweep_overrides(
                 sample_root, "flaky-server", url, "sweep.max_concurrent_trials=1",
-                "train.epochs=4", "sweep.grace_period=4", "sweep.max_failures=0")]]
+                "train.epochs=3", "sweep.grace_period=3", "sweep.max_failures=0")]]
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
         sweep = subprocess.Popen(cli(*args), cwd=REPO, env=cli_env(), stdout=out,
@@ -177,7 +177,7 @@ def test_a_trial_out_of_memory_is_retried_then_failed_and_the_best_of_the_rest_w
         *sweep_overrides(sample_root, "out-of-memory", mlflow_server, "sweep.max_failures=1",
                          "sweep.max_concurrent_trials=2"),
         f"sweep.storage_path={tmp_path / 'runs'}"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(config, smoke_test=True, num_samples=3, trainable=hungry,
                            say=lambda _: None)

@@ -88,8 +88,12 @@ def test_the_built_in_experiments_are_listed_and_copied_to_edit(installed, tmp_p
 
 def test_the_quickstart_runs_by_name_from_an_empty_folder_and_promote_needs_no_file(
         installed, tmp_path):
+    # The built-in experiment and its space as packaged, on fewer and smaller sample images:
+    # what this shows is that the wheel runs it (make demo runs it at full size).
     swept = run(installed, "captioning", "sweep", "--experiment", "quickstart", "--smoke-test",
-                "--num-samples", "2", cwd=tmp_path)
+                "--num-samples", "2", "--set", "data.sample_images=120",
+                "--set", "encoder.image_size=75", "--set", "train.score_images=10",
+                cwd=tmp_path)
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert "sweep finished: 2 trials (0 failed)" in swept.stdout
     assert "then open http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning" \
