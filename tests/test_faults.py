@@ -122,7 +122,13 @@ def test_results_reach_a_tracking_server_restarted_mid_sweep(sample_root, tmp_pa
     try:
         wait_for_an_epoch(url, "flaky-server", sweep)
         stop_service(server)
-        time.sleep(10)  # trials go on training while the server is away
+        # Away until the sweep has found it gone (however fast or slow its trials are), and
+        # 5 s more: trials go on training meanwhile.
+        deadline = time.time() + 600
+        while f"MLflow tracking server {url} cannot be reached" not in log.read_text():
+            assert sweep.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(5)
         server = start_service(server_command, f"{url}/health", store / "second.log")
         assert sweep.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:

@@ -182,8 +182,9 @@ def test_float16_cache_dtype_is_stored_as_float16(sample, cached, tmp_path):
 
 CHILD = textwrap.dedent(
     """
-    import hashlib, json, sys, time
+    import hashlib, json, os, sys, time
     from pathlib import Path
+    from captioning import features as cache
     from captioning.config import EncoderConfig
     from captioning.features import load_or_extract
 
@@ -191,10 +192,23 @@ CHILD = textwrap.dedent(
     names = json.loads(names)
     config = EncoderConfig(name="inception_v3", weights="none", image_size=int(size),
                            cache_dir=cache_dir)
+    extract = cache.extract_on_tensorflow
+
+    def extract_once_both_asked(*args, **kwargs):
+        # The lock is held here: the other process has asked or is about to, and its asking
+        # while this one is at work must not depend on how the two are scheduled.
+        deadline = time.monotonic() + 120
+        while len(list(Path(go).parent.glob("asked-*"))) < 2:
+            assert time.monotonic() < deadline, "the other process never asked"
+            time.sleep(0.01)
+        return extract(*args, **kwargs)
+
+    cache.extract_on_tensorflow = extract_once_both_asked
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.005)
     asked = time.time()
+    Path(go).with_name(f"asked-{os.getpid()}").touch()
     features = load_or_extract(config, Path(image_dir), names, progress=False)
     array = features.rows(names)
     print(json.dumps({
