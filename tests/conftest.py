@@ -27,14 +27,24 @@ SHARED_WORKER = {"test_registry": "smoke-sweep", "test_sweep": "smoke-sweep"}
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist's `--dist loadgroup`, each file is one unit of work (its module
-    fixtures made once), and the files that train sweeps (marked slow) are handed out
-    first, so that the quick ones fill in at the end."""
+    """The files that train sweeps (marked slow) first, so that on two workers the quick
+    ones fill in at the end; each file keeps its own order."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: each file keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.stem,
-                                                                  item.path.stem)))
+    items.sort(key=lambda item: item.path not in slow)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (`make test`: -n 2), each file is one unit of work on one worker,
+    so that its module fixtures are made once; the files of SHARED_WORKER are one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(Path(path).stem, path)
+
+    return ByFile(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
