@@ -39,6 +39,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     so that its module fixtures are made once; the files of SHARED_WORKER are one unit."""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # hand the files out in collection order (above)
+
     class ByFile(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
@@ -218,6 +220,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     stop_service(process)
 
 
+def start_local_ray() -> None:
+    """A Ray of this test's own on this machine (2 CPUs). Not a bare ray.init(): that joins the
+    newest local cluster, which a `Cluster` test on the other worker may have started."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
     """One finished smoke sweep of the quickstart's space (4 trials, MLflow experiment "smoke";
@@ -236,7 +246,7 @@ def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
         "train.score_images=10"])
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     try:
         result = run_sweep(config, experiment_path=path, smoke_test=True, num_samples=4,
                            say=lambda _: None)

@@ -29,6 +29,7 @@ from conftest import (
     mlflow_server_command,
     run_cli,
     small_overrides,
+    start_local_ray,
     start_service,
     stop_service,
     trial_runs,
@@ -183,7 +184,7 @@ def test_a_trial_out_of_memory_is_retried_then_failed_and_the_best_of_the_rest_w
         *sweep_overrides(sample_root, "out-of-memory", mlflow_server, "sweep.max_failures=1",
                          "sweep.max_concurrent_trials=2"),
         f"sweep.storage_path={tmp_path / 'runs'}"])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     try:
         result = run_sweep(config, smoke_test=True, num_samples=3, trainable=hungry,
                            say=lambda _: None)

@@ -14,7 +14,7 @@ from captioning.config import load_experiment
 from captioning.datasets import load_dataset
 from captioning.sweep import run_sweep
 from captioning.tracking import MODEL_TAG
-from conftest import REPO, free_port, run_cli, trial_runs
+from conftest import REPO, free_port, run_cli, start_local_ray, trial_runs
 
 pytestmark = pytest.mark.slow
 SMOKE_EPOCHS = 3
@@ -22,7 +22,7 @@ SMOKE_EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     yield
     ray.shutdown()
 
