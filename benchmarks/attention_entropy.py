@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.decode import greedy  # noqa: E402
-from captioning.features import encode_images  # noqa: E402
+from captioning.features.extract import encode_images  # noqa: E402
+from captioning.inference.captioner import Captioner  # noqa: E402
+from captioning.models.decoding import greedy  # noqa: E402
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""Shared by both benchmarks: the seed's model sizes, and what they print about the machine."""
+"""Shared by the benchmarks that import it (train and decode throughput, quality, sweep
+efficiency): the seed's model sizes, and what they print about the machine."""
 
 from __future__ import annotations
 

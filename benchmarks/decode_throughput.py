@@ -8,7 +8,7 @@ One set of (random) weights is shared by every row, so all rows compute the same
   seed, batched the same prefix model, but one `predict_on_batch` per word for all images
                 (the whole prefix is re-read by the LSTM at every step). Extra row: it separates
                 the gain from batching from the gain from carrying the LSTM state.
-  ours          `captioning.decode.generate`: one stepper call per word for the whole batch
+  ours          `captioning.models.decoding.generate`: one stepper call per word for the whole batch
                 of images, carrying the LSTM state; greedy, and beam width 3 as an extra row.
   attention,    the other decoders (--decoders), on a random feature grid (--positions x
   transformer   --grid-channels; MobileNet alpha 0.25 at 224 px: 49 x 256), greedy and beam 3;
@@ -41,11 +41,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import add_model_size_args, machine_info, print_timing_notes  # noqa: E402
 
-from captioning.config import ModelConfig  # noqa: E402
-from captioning.decode import generate  # noqa: E402
-from captioning.decoders.transformer import TransformerStepper  # noqa: E402
-from captioning.model import build_model, step_decoder  # noqa: E402
-from captioning.text import END, PAD, START, UNK, Vocabulary  # noqa: E402
+from captioning.config.schema import ModelConfig  # noqa: E402
+from captioning.data.vocabulary import END, PAD, START, UNK, Vocabulary  # noqa: E402
+from captioning.models.build import build_model, step_decoder  # noqa: E402
+from captioning.models.decoding import generate  # noqa: E402
+from captioning.models.transformer import TransformerStepper  # noqa: E402
 
 
 def pre_padded(prefixes: list[list[int]], length: int) -> np.ndarray:

@@ -41,12 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from common import machine_info  # noqa: E402
 
-from captioning.captioner import Captioner  # noqa: E402
-from captioning.config import ExperimentConfig, apply_overrides, parse_config  # noqa: E402
-from captioning.features import image_inputs  # noqa: E402
-from captioning.prepare import Prepared, prepare  # noqa: E402
-from captioning.scores import SCORE_NAMES, caption_scores, strip_markers  # noqa: E402
-from captioning.train import train_captioner  # noqa: E402
+from captioning.config.loading import apply_overrides
+from captioning.config.schema import ExperimentConfig, parse_config  # noqa: E402
+from captioning.data.prepare import Prepared, prepare  # noqa: E402
+from captioning.evaluation.metrics import SCORE_NAMES  # noqa: E402
+from captioning.evaluation.scores import caption_scores, strip_markers
+from captioning.features.cache import image_inputs  # noqa: E402
+from captioning.inference.captioner import Captioner  # noqa: E402
+from captioning.training.train import train_captioner  # noqa: E402
 
 
 def base_config(args: argparse.Namespace, keep_one_letter_words: bool, cache: Path

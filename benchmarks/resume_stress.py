@@ -30,6 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's captioning, as its sweeps use
+# What a resumed sweep must not train again: the same reading the resume test makes.
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from kill_points import whole_histories  # noqa: E402
 
 
 def sweep_command(name: str, work: Path, data: Path, resume: bool) -> list[str]:
@@ -46,7 +49,7 @@ def check(name: str, work: Path, seen: dict[str, list[list[dict]]]) -> dict[str,
     from mlflow import MlflowClient
     from ray import tune
 
-    from captioning.checkpoints import folders, storage
+    from captioning.training.checkpoints import folders, storage
 
     sweep_dir = work / "runs" / name
     trials = tune.ExperimentAnalysis(str(sweep_dir)).trials
@@ -123,8 +126,6 @@ def main() -> int:
                 code = None
         if code is None:
             kills += 1
-            from captioning.checkpoints import whole_histories
-
             for trial, histories in whole_histories(work / "runs" / name).items():
                 seen.setdefault(name, {}).setdefault(trial, []).extend(histories)
             print(f"kill {kills:2d}: {name} after {delay:5.1f} s")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import machine_info
 
-from captioning.config import load_experiment
-from captioning.sweep import run_sweep
+from captioning.config.loading import load_experiment
+from captioning.tune.launcher import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -54,11 +54,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import add_model_size_args, machine_info, print_timing_notes  # noqa: E402
 
-from captioning.batches import CaptionBatches  # noqa: E402
-from captioning.config import ModelConfig, TrainConfig  # noqa: E402
-from captioning.model import build_model, compile_model  # noqa: E402
+from captioning.config.schema import ModelConfig, TrainConfig  # noqa: E402
+from captioning.data.batches import CaptionBatches  # noqa: E402
+from captioning.models.build import build_model, compile_model  # noqa: E402
 
-START, END = 2, 3  # ids of startseq/endseq in captioning.text.Vocabulary (0 pad, 1 unk)
+START, END = 2, 3  # ids of startseq/endseq in captioning.data.vocabulary.Vocabulary (0 pad, 1 unk)
 
 
 def synthetic_captions(count: int, vocab_size: int, rng: np.random.Generator,
@@ -159,11 +159,11 @@ class _Steps(keras.utils.PyDataset):
 
 
 def real_data(args: argparse.Namespace) -> int:
-    from captioning.config import parse_config
-    from captioning.embeddings import load_vectors, spacy_embedding_matrix
-    from captioning.model import precision
-    from captioning.prepare import prepare
-    from captioning.train import caption_split, model_inputs
+    from captioning.config.schema import parse_config
+    from captioning.data.prepare import prepare
+    from captioning.models.build import precision
+    from captioning.models.embeddings import load_vectors, spacy_embedding_matrix
+    from captioning.training.train import caption_split, model_inputs
 
     encoder = {"name": args.encoder, "weights": args.weights, "batch_size": 64}
     if args.alpha is not None:

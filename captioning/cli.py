@@ -1,13 +1,13 @@
 """The `captioning` command: sample-data, prepare, train, evaluate, caption, sweep, promote.
 
-Only argument parsing and printing live here; each command calls one library function.
+Only argument parsing and printing live here; each command calls one library function,
+imported when the command runs (so `captioning --help` loads no TensorFlow). Every error
+meant for the user is a CaptioningError (captioning/errors.py): printed as one line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import logging
 import os
 import shlex
 import sys
@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from captioning.config import DEFAULT_EXPERIMENT, ConfigError, experiment_file, load_experiment
+from captioning.config.shipped import DEFAULT_EXPERIMENT
+from captioning.errors import CaptioningError, ConfigError
+from captioning.log import show_info_logs
 
 EXPERIMENT_HELP = ("a built-in experiment's name (captioning experiments list) or an "
                    "experiment YAML file (default: %(default)s)")
@@ -144,7 +146,7 @@ def _print_table(rows: dict[str, object]) -> None:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from captioning.sample_data import draw_sample_dataset
+    from captioning.data.sample import draw_sample_dataset
 
     if args.images < 1:
         raise ConfigError(f"--images: expected at least 1, got {args.images}")
@@ -154,7 +156,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from captioning.prepare import prepare
+    from captioning.config.loading import load_experiment
+    from captioning.data.prepare import prepare
 
     config = load_experiment(args.experiment, args.overrides)
     prepared = prepare(config, say=print)
@@ -185,8 +188,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import keras
 
-    from captioning.backend import training_backend
-    from captioning.train import train_captioner
+    from captioning.config.loading import load_experiment
+    from captioning.training.backend import training_backend
+    from captioning.training.train import train_captioner
 
     config = load_experiment(args.experiment, args.overrides)
     wanted = training_backend(config.train.backend, config.train.epochs)
@@ -210,8 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _model_dir(model: str, tracking_uri: str | None) -> Iterator[Path]:
     """A local model directory for `model`: itself, or a URI's model downloaded for the
     duration of the command."""
-    from captioning.registry import fetch, is_uri
-    from captioning.tracking import resolve_tracking_uri
+    from captioning.tracking.client import resolve_tracking_uri
+    from captioning.tracking.model_registry import fetch, is_uri
 
     if not is_uri(model):
         yield Path(model)
@@ -221,7 +225,7 @@ def _model_dir(model: str, tracking_uri: str | None) -> Iterator[Path]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from captioning.evaluate import evaluate_model
+    from captioning.evaluation.evaluate import evaluate_model
 
     with _model_dir(args.model, args.tracking_uri) as model_dir:
         report = evaluate_model(model_dir, args.split, args.beam, args.data_root, args.output,
@@ -235,7 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from captioning.sweep import run_sweep
+    from captioning.config.loading import experiment_file, load_experiment
+    from captioning.tune.launcher import run_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples: expected at least 1, got {args.num_samples}")
@@ -260,7 +265,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_table(best["metrics"])
     print(f"best model: {best['checkpoint']}")
     uri = result.tracking_uri
-    from captioning.tracking import resolve_tracking_uri
+    from captioning.tracking.client import resolve_tracking_uri
 
     where = "" if uri == resolve_tracking_uri(None) else f" --tracking-uri {uri}"
     print(f"promote it to the model registry: captioning promote --sweep-run "
@@ -285,7 +290,7 @@ def _resume_command(argv: list[str], sweep_dir: str) -> str:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from captioning.captioner import Captioner
+    from captioning.inference.captioner import Captioner
 
     with _model_dir(args.model, args.tracking_uri) as model_dir:
         captioner = Captioner.load(model_dir)
@@ -305,7 +310,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 def _caption_with_attention(captioner: object, args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from captioning.figures import attention_figure
+    from captioning.evaluation.figures import attention_figure
 
     if not captioner.attends:
         raise ConfigError(f"--attention: this model's decoder ({captioner.config.model.decoder})"
@@ -327,8 +332,8 @@ def _caption_with_attention(captioner: object, args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from captioning.registry import promote
-    from captioning.tracking import resolve_tracking_uri
+    from captioning.tracking.client import resolve_tracking_uri
+    from captioning.tracking.model_registry import promote
 
     done = promote(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
                    sweep_run=args.sweep_run, metric=args.metric, mode=args.mode,
@@ -351,34 +356,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    import yaml
-
-    from captioning.builtins import builtin_dir, builtin_names, builtin_path
+    from captioning.config.loading import copy_experiment
+    from captioning.config.shipped import builtin_names, describe
 
     if args.verb == "list":
         for name in builtin_names():
-            lines = builtin_path(name).read_text(encoding="utf-8").splitlines()
-            header = " ".join(line.lstrip("# ").strip() for line in
-                              itertools.takewhile(lambda line: line.startswith("#"), lines))
-            print(f"{name:<12} {header.split('. ')[0].split(': ')[0].rstrip('.')}")
+            print(f"{name:<12} {describe(name)}")
         print("\nrun one: captioning sweep --experiment NAME; edit one: captioning experiments "
               "copy NAME")
         return 0
-    source = experiment_file(args.name)
-    space = yaml.safe_load(source.read_text(encoding="utf-8")).get("sweep", {}).get(
-        "search_space", "../search_spaces/default.yaml")
-    space_source = (source.parent / space).resolve()
-    copies = {source: args.to / "experiments" / source.name}
-    if space_source.parent == builtin_dir("search_spaces").resolve():
-        copies[space_source] = args.to / "search_spaces" / space_source.name
-    existing = [str(dest) for dest in copies.values() if dest.exists()]
-    if existing and not args.force:
-        raise ConfigError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
-    for origin, dest in copies.items():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(origin.read_text(encoding="utf-8"), encoding="utf-8")
+    copies = copy_experiment(args.name, args.to, force=args.force)
+    for dest in copies.values():
         print(f"wrote {dest}")
-    print(f"run it: captioning sweep --experiment {copies[source]}")
+    print(f"run it: captioning sweep --experiment {next(iter(copies.values()))}")
     return 0
 
 
@@ -392,14 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv, args.own_process = argv, own_process
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from captioning.datasets import DatasetError
-    from captioning.errors import ModelDirError, RegistryError, TrackingError, WriteError
-
+    show_info_logs()
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelDirError, RegistryError, TrackingError,
-            WriteError) as error:
+    except CaptioningError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

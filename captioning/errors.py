@@ -1,6 +1,7 @@
-"""Errors a person can act on, raised across modules; the CLI prints them as one line.
+"""Errors a person can act on, raised across the package; the CLI prints each as one line.
 
-Kept in a module with no heavy imports, so the CLI can catch them without loading TensorFlow.
+A leaf module: it imports nothing of ours and nothing heavy, so the CLI catches these
+without loading TensorFlow, and every other module may raise them.
 """
 
 
@@ -10,18 +11,31 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
-class ModelDirError(ValueError):
+class CaptioningError(Exception):
+    """Base of every error whose message is meant for the user as it is: the CLI prints it as
+    `error: <message>` and exits 2, with no traceback."""
+
+
+class ConfigError(CaptioningError, ValueError):
+    """A config file, key or value that cannot be used; the message names it."""
+
+
+class DatasetError(CaptioningError, ValueError):
+    """The dataset on disk is missing or malformed; the message names the file (and line)."""
+
+
+class ModelDirError(CaptioningError, ValueError):
     """A path that is not a usable captioning model directory."""
 
 
-class TrackingError(RuntimeError):
+class TrackingError(CaptioningError, RuntimeError):
     """The tracking server cannot be used; the message says which and how to fix it."""
 
 
-class RegistryError(ValueError):
+class RegistryError(CaptioningError, ValueError):
     """A model cannot be promoted or fetched; the message names the sweep, run or URI."""
 
 
-class WriteError(OSError):
+class WriteError(CaptioningError, OSError):
     """A file could not be written (disk full, no permission); the message names the file and
     says what was kept. The file it was to replace is unchanged."""

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning.config import parse_config
-from captioning.sample_data import draw_sample_dataset
+from captioning.config.schema import parse_config
+from captioning.data.sample import draw_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # Files that share a costly session fixture run on one worker (`make test` runs two):
@@ -121,7 +121,7 @@ def trial_runs(url: str, experiment: str, parent: str | None = None) -> list:
     names its parent run)."""
     from mlflow import MlflowClient
 
-    from captioning.tracking import TRIAL_TAG
+    from captioning.tracking.runs import TRIAL_TAG
 
     client = MlflowClient(url)
     found = client.get_experiment_by_name(experiment)
@@ -235,8 +235,8 @@ def smoke_sweep(sample_root, tmp_path_factory, mlflow_server):
     returns (SweepResult, its folder)."""
     import ray
 
-    from captioning.config import load_experiment
-    from captioning.sweep import run_sweep
+    from captioning.config.loading import load_experiment
+    from captioning.tune.launcher import run_sweep
 
     tmp = tmp_path_factory.mktemp("smoke")
     path = REPO / "experiments" / "quickstart.yaml"

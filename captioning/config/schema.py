@@ -1,0 +1,274 @@
+"""One typed config for an experiment: every key of an experiment file maps to one field here.
+
+An unknown key or a bad value is a one-line `ConfigError` naming it, e.g.
+``model.lstm_units: Input should be greater than 0``. Each decoder owns its settings section in
+its own file (models/attention.py, models/transformer.py); ModelConfig composes them. Reading
+files, --set and path rules live in config/loading.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from captioning.config.section import KeyProblem, Section
+from captioning.config.shipped import builtin_path
+from captioning.errors import ConfigError
+from captioning.evaluation.metrics import Mode, RankingMetric, mode_of
+from captioning.features.encoders import PREPROCESS_MODES, encoders
+from captioning.models.attention import AttentionConfig
+from captioning.models.registry import DECODERS, decoder_named
+from captioning.models.transformer import TransformerConfig
+
+# encoder.weights that name weights rather than a file: downloaded by Keras, or seeded random.
+NAMED_WEIGHTS = ("imagenet", "none")
+
+
+class DataConfig(Section):
+    root: Path = Path("data/sample")
+    format: Literal["auto", "kaggle", "token", "karpathy"] = "auto"
+    # The seed dropped one-letter words ("a"); keeping them makes BLEU comparable with papers.
+    keep_one_letter_words: bool = False
+    # The seed kept words seen more than once: 2232 words on Flickr8k.
+    min_word_count: StrictInt = Field(2, ge=1)
+    split_seed: StrictInt = 0
+    # Drawn by `captioning sample-data` when data.root does not exist (0 = never draw).
+    sample_images: StrictInt = Field(0, ge=0)
+
+
+class EncoderConfig(Section):
+    # A keras.applications CNN in snake case (captioning.encoders): inception_v3, resnet50,
+    # mobilenet, efficientnet_b0, ... With `model` set, only a label for it.
+    name: str = "inception_v3"
+    # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
+    weights: str = "imagenet"
+    # The width multiplier of the families that have one (mobilenet, mobilenet_v2,
+    # mobilenet_v3_*); None = the constructor's default (1.0).
+    alpha: StrictFloat | None = Field(None, gt=0)
+    # A saved Keras model of one's own (.keras, loaded in safe mode) from images to a feature
+    # map or vector, instead of a keras.applications CNN; `preprocess` says how it wants its
+    # pixels: tf ([-1, 1]), torch or caffe (keras.applications.imagenet_utils), none (0..255,
+    # for a model that rescales itself), or a built-in encoder's name (its preprocess_input).
+    model: Path | None = None
+    preprocess: str | None = None
+    # None = the encoder's native input size (299 for inception_v3, 224 for resnet50), or the
+    # input size of `model`.
+    image_size: StrictInt | None = Field(None, ge=32)
+    batch_size: StrictInt = Field(32, ge=1)
+    # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
+    cache_dir: Path | None = None
+    cache_dtype: Literal["float32", "float16"] = "float32"  # of the pooled vectors
+    # Of the feature maps a grid decoder reads (cached only when one may): float16 halves a
+    # cache that is positions times larger (Flickr30k's ResNet50 maps: 6.4 GB in float16).
+    grid_dtype: Literal["float16", "float32"] = "float16"
+    # Cache the feature maps as well (a sweep sets it when its space has a grid decoder, so
+    # that every trial reads one extraction).
+    keep_grid: bool = False
+    decode_workers: StrictInt = Field(4, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _usable_weights(cls, weights: str) -> str:
+        if weights in NAMED_WEIGHTS:
+            return weights
+        if not Path(weights).expanduser().is_file():
+            raise ValueError(f"{weights} is not 'imagenet', 'none' or an existing weights file")
+        return str(Path(weights).expanduser().resolve())  # trials run in other folders
+
+    @field_validator("model")
+    @classmethod
+    def _existing_model(cls, model: Path | None) -> Path | None:
+        if model is None:
+            return None
+        if not Path(model).expanduser().is_file():
+            raise ValueError(f"{model} is not a file (a saved Keras model, .keras)")
+        return Path(model).expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _fits(self) -> EncoderConfig:
+        known = encoders()
+        if self.model is not None:
+            if self.preprocess is None or (self.preprocess not in PREPROCESS_MODES
+                                           and self.preprocess not in known):
+                raise KeyProblem("preprocess", f"{self.preprocess!r}: with encoder.model, say "
+                                f"how its pixels are scaled: one of {', '.join(PREPROCESS_MODES)}"
+                                " or a built-in encoder's name")
+            if self.weights_file is not None or self.alpha is not None:
+                key = "alpha" if self.alpha is not None else "weights"
+                raise KeyProblem(key, "a model of one's own (encoder.model) carries its own "
+                                "weights and width")
+            return self
+        if self.name not in known:
+            raise KeyProblem("name", f"unknown encoder {self.name!r}; choose one of "
+                            f"{', '.join(known)}")
+        if self.preprocess is not None:
+            raise KeyProblem("preprocess", f"only for encoder.model; {self.name} uses its own "
+                            "preprocess_input")
+        spec = known[self.name]
+        if self.alpha is not None and not spec.has_alpha:
+            takes = ", ".join(n for n, s in known.items() if s.has_alpha)
+            raise KeyProblem("alpha", f"{self.name} has no width multiplier; only {takes} "
+                            "take alpha")
+        if self.image_size is not None and self.image_size < spec.min_size:
+            raise KeyProblem("image_size", f"{self.image_size} is below {self.name}'s smallest "
+                            f"input, {spec.min_size}")
+        return self
+
+    @property
+    def weights_file(self) -> str | None:
+        """The weights file `weights` names, or None for imagenet and none."""
+        return None if self.weights in NAMED_WEIGHTS else self.weights
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        env = os.environ.get("CAPTIONING_CACHE_DIR")
+        return Path(env) if env else Path.home() / ".cache" / "captioning"
+
+
+class ModelConfig(Section):
+    # merge (the seed's), attention or transformer: captioning/models/, one file each.
+    decoder: str = "merge"
+    lstm_units: StrictInt = Field(256, ge=1)  # seed: 256 (merge and attention)
+    # Ignored for spaCy embeddings, whose vectors fix the width (300 for en_core_web_md).
+    embedding_dim: StrictInt = Field(256, ge=1)
+    dropout: StrictFloat = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
+    # Fine-tune the embedding matrix (a spaCy matrix stays fixed when false).
+    train_embedding: bool = True
+    attention: AttentionConfig = AttentionConfig()
+    transformer: TransformerConfig = TransformerConfig()
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str) -> str:
+        if name not in DECODERS:
+            raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
+        return name
+
+    @property
+    def grid(self) -> bool:
+        """Whether the decoder reads the feature map rather than the pooled vector."""
+        return decoder_named(self.decoder).grid
+
+
+class TrainConfig(Section):
+    epochs: StrictInt = Field(50, ge=1)  # seed: 50
+    batch_size: StrictInt = Field(32, ge=1)  # seed: 32 (captions per batch here)
+    learning_rate: StrictFloat = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
+    seed: StrictInt = 0
+    # Early stopping: epochs without improvement of `monitor` before training stops; the
+    # epoch kept is the best by it. CIDEr-D, as sweeps rank trials (docs/quality.md: on real
+    # photos val_loss bottoms out epochs before the captions stop improving).
+    patience: StrictInt = Field(5, ge=1)
+    monitor: RankingMetric = "val_cider"
+    # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images: on a
+    # few hundred, CIDEr-D moves by several hundredths from epoch to epoch by chance alone.
+    score_images: StrictInt = Field(1000, ge=1)
+    max_caption_length: StrictInt = Field(40, ge=3)  # tokens, startseq/endseq included
+    # Keras' dtype policy: mixed ones compute in 16 bits and keep the weights, the logits and
+    # the loss in float32 (mixed_float16 scales the loss so gradients do not underflow).
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # Train steps run per call into the compiled function (Keras' steps_per_execution).
+    steps_per_execution: StrictInt = Field(1, ge=1)
+    # The Keras backend that trains: auto = JAX on a CPU-only machine for 10 epochs or more,
+    # else TensorFlow (captioning/training/backend.py says why). KERAS_BACKEND, if set, wins.
+    backend: Literal["auto", "tensorflow", "jax"] = "auto"
+
+    @property
+    def monitor_mode(self) -> Mode:
+        return mode_of(self.monitor)
+
+
+class DecodeConfig(Section):
+    beam_width: StrictInt = Field(1, ge=1)  # the default of evaluate and caption's --beam
+    # Tokens of a generated caption, startseq and endseq included (as train.max_caption_length).
+    max_length: StrictInt = Field(40, ge=3)
+
+
+class ResourcesConfig(Section):
+    cpu: float = Field(1.0, gt=0)
+    # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
+    # growth is switched on in every trial so they can.
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepConfig(Section):
+    # Relative to the experiment file that names it; the default is the built-in default.yaml.
+    search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
+    num_samples: StrictInt = Field(8, ge=1)
+    max_concurrent_trials: StrictInt = Field(2, ge=1)
+    # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
+    metric: RankingMetric = "val_cider"
+    # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
+    # up to train.epochs.
+    grace_period: StrictInt = Field(2, ge=1)
+    reduction_factor: StrictInt = Field(2, ge=2)
+    max_failures: StrictInt = Field(2, ge=0)
+    resources: ResourcesConfig = ResourcesConfig()
+    # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
+    tracking_uri: str | None = None
+    # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.
+    storage_path: str | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return mode_of(self.metric)
+
+
+class ExperimentConfig(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    name: str = "captioning"
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    # "learned", or "spacy:<model name or path>" (the seed used spacy:en_core_web_md).
+    embedding: str = "learned"
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+    sweep: SweepConfig = SweepConfig()
+    output_dir: Path = Path("runs")
+
+    @field_validator("embedding")
+    @classmethod
+    def _known_embedding(cls, value: str) -> str:
+        if value == "learned" or (value.startswith("spacy:") and len(value) > len("spacy:")):
+            return value
+        raise ValueError(f"expected 'learned' or 'spacy:<model name or path>', got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-able data (paths as strings)."""
+        return json.loads(self.model_dump_json())
+
+
+def _error_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    loc = [*first["loc"], *([cause.key] if isinstance(cause, KeyProblem) else [])]
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    if first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {message}{suffix}"
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a nested mapping into an ExperimentConfig, or raise a one-line ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_error_line(error, source)) from None

@@ -1,0 +1,147 @@
+"""A trained model directory, loaded for captioning features, image files or image bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from captioning.config.schema import ExperimentConfig, parse_config
+from captioning.data.images import ImageError, ImageSource
+from captioning.data.vocabulary import Vocabulary
+from captioning.errors import ConfigError, ModelDirError, first_line
+from captioning.features.encoders import build_encoder
+from captioning.features.extract import encode_images
+from captioning.models.build import captioner_problem, load_keras_model, step_decoder
+from captioning.models.decoding import beam_search, generate
+from captioning.models.protocol import Stepper
+from captioning.models.registry import decoder_named
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ("model.keras", "vocab.json", "config.json")
+
+
+def check_model_files(model_dir: Path) -> None:
+    """Raise ModelDirError naming the files a model directory lacks."""
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ModelDirError(f"{model_dir}: not a captioning model directory "
+                            f"(missing {', '.join(missing)})")
+
+
+def read_model_config(model_dir: Path) -> ExperimentConfig:
+    """config.json of a model directory; an encoder weights or model file named relative to
+    the directory (as in a packaged model, see `tracking.pyfunc.package`) is resolved against
+    it."""
+    path = model_dir / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the model's config ({error})") from None
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    for key in ("weights", "model"):
+        value = encoder.get(key) if isinstance(encoder, dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute() \
+                and (model_dir / value).is_file():
+            data["encoder"][key] = str((model_dir / value).resolve())
+    return parse_config(data, source=str(path))
+
+
+@dataclass
+class Captioner:
+    model_dir: Path
+    config: ExperimentConfig
+    vocab: Vocabulary
+    decoder: Stepper
+    _encoder: object = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, model_dir: Path | str) -> Captioner:
+        """Read model.keras (safe mode), vocab.json and config.json from `model_dir`."""
+        model_dir = Path(model_dir)
+        if model_dir.is_file():
+            raise ModelDirError(f"{model_dir}: a file, not a model directory; give the folder "
+                                f"that holds {', '.join(MODEL_FILES)}")
+        if not model_dir.is_dir():
+            raise ModelDirError(f"{model_dir}: no such model directory")
+        check_model_files(model_dir)
+        try:
+            config = read_model_config(model_dir)
+            vocab = Vocabulary.load(model_dir / "vocab.json")
+        except (ConfigError, ValueError, OSError) as error:
+            raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
+        path = model_dir / "model.keras"
+        try:
+            model = load_keras_model(path)
+        except Exception as error:  # Keras raises many types for foreign or broken files
+            reason = first_line(error)
+            raise ModelDirError(f"{path}: cannot load it as a captioning model "
+                                f"({type(error).__name__}: {reason})") from None
+        problem = captioner_problem(model, config.model.decoder)
+        if problem:
+            raise ModelDirError(f"{path}: not a captioning model: {problem}")
+        if model.output_shape[-1] != len(vocab):
+            raise ModelDirError(f"{model_dir}: model predicts {model.output_shape[-1]} words "
+                                f"but vocab.json has {len(vocab)}")
+        try:
+            decoder = step_decoder(model)
+        except Exception as error:  # layers of our names but not of our kinds or shapes
+            reason = first_line(error)
+            raise ModelDirError(f"{path}: not a captioning model: its layers do not make a "
+                                f"step decoder ({type(error).__name__}: {reason})") from None
+        return cls(model_dir, config, vocab, decoder)
+
+    def caption_features(self, features: np.ndarray, beam_width: int | None = None
+                         ) -> list[str]:
+        return generate(self.decoder, self.vocab, features,
+                        beam_width=beam_width or self.config.decode.beam_width,
+                        max_length=self.config.decode.max_length)
+
+    @property
+    def encoder(self) -> object:
+        """The image encoder of config.json, built on first use (Keras fetches ImageNet
+        weights on this machine, once)."""
+        if self._encoder is None:
+            self._encoder = build_encoder(self.config.encoder)
+        return self._encoder
+
+    def caption_images(self, sources: list[ImageSource], beam_width: int | None = None,
+                       labels: list[str] | None = None) -> list[str | ImageError]:
+        """A caption, or the ImageError that stopped it, for each image file or encoded image
+        (JPEG, PNG, ... bytes), in order."""
+        features, kept, errors = encode_images(self.encoder, self.config.encoder, sources,
+                                               labels=labels, grid=self.config.model.grid)
+        captions = self.caption_features(features.astype("float32"), beam_width) if kept else []
+        results: list[str | ImageError] = [errors.get(i) for i in range(len(sources))]
+        for position, caption in zip(kept, captions, strict=True):
+            results[position] = caption
+        return results
+
+    def attend(self, path: Path, beam_width: int | None = None
+               ) -> tuple[list[str], np.ndarray] | ImageError:
+        """The caption of one image file as words, with where the decoder looked for each:
+        (words, maps (words, positions)); or the ImageError that stopped it."""
+        features, kept, errors = encode_images(self.encoder, self.config.encoder, [path],
+                                               grid=True)
+        if not kept:
+            return errors[0]
+        maps: list[np.ndarray] = []
+        ids = beam_search(self.decoder, self.vocab, features.astype("float32"),
+                          beam_width or self.config.decode.beam_width,
+                          self.config.decode.max_length, attention=maps)
+        return [self.vocab.tokens[i] for i in ids[0]], maps[0]
+
+    @property
+    def attends(self) -> bool:
+        """Whether the decoder says where it looks for each word."""
+        return decoder_named(self.config.model.decoder).attends
+
+    def caption_files(self, paths: list[Path], beam_width: int | None = None
+                      ) -> list[tuple[Path, str | ImageError]]:
+        """(path, caption or the error that stopped it) for every path, in order."""
+        return list(zip(map(Path, paths), self.caption_images(list(paths), beam_width),
+                        strict=True))

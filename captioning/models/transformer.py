@@ -1,0 +1,355 @@
+"""A Transformer decoder over the projected feature map, teacher-forced in one pass.
+
+    grid (batch, positions, channels) -> standardise -> dense(units) + learned positions
+        -> encoder_layers x [self-attention, feed-forward]                    the memory
+    tokens (batch, time) -> embedding [-> dense(units)] + learned positions
+        -> layers x [causal self-attention, cross-attention to the memory, feed-forward]
+        -> layer norm -> dense(vocabulary) logits (batch, time, vocabulary)
+
+Every block is pre-norm (x + f(norm(x))), with dropout on each residual branch. Attention is
+written with `keras.ops` so that decoding can keep each layer's keys and values of the words so
+far (`TransformerStepper(cache=True)`): one model call per word, over a cache of fixed size
+(`max_length` slots, later ones masked), so its shapes never change. `cache=False` recomputes
+the whole prefix with the causal mask instead; benchmarks/decode_throughput.py times both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+from pydantic import Field, StrictInt, model_validator
+
+from captioning.config.section import KeyProblem, Section
+from captioning.models.protocol import Arrays, FeatureStats, missing_layers, model_name
+
+_NEG = -1e9  # added to the scores of positions a query must not see
+
+
+class TransformerConfig(Section):
+    """A Transformer decoder over the projected feature map (model.decoder: transformer)."""
+
+    layers: StrictInt = Field(2, ge=1)  # decoder layers: causal self-attention, cross-attention
+    encoder_layers: StrictInt = Field(0, ge=0)  # self-attention layers over the feature map
+    units: StrictInt = Field(256, ge=8)  # model width
+    heads: StrictInt = Field(4, ge=1)
+    ff_units: StrictInt = Field(1024, ge=1)  # of each layer's feed-forward block
+
+    @model_validator(mode="after")
+    def _heads_divide_units(self) -> TransformerConfig:
+        if self.units % self.heads:
+            raise KeyProblem("heads", f"{self.heads} heads do not divide units {self.units}")
+        return self
+
+
+def _time(x: Any, axis: int) -> Any:
+    # Static where known (in the step models, built from ops), else the tensor's own.
+    return x.shape[axis] if x.shape[axis] is not None else ops.shape(x)[axis]
+
+
+def _heads(x: Any, heads: int) -> Any:
+    """(batch, time, units) -> (batch, heads, time, units / heads)."""
+    return ops.transpose(ops.reshape(x, (-1, _time(x, 1), heads, x.shape[-1] // heads)),
+                         (0, 2, 1, 3))
+
+
+def _merge(x: Any) -> Any:
+    """(batch, heads, time, size) -> (batch, time, heads * size)."""
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)),
+                       (-1, _time(x, 2), x.shape[1] * x.shape[3]))
+
+
+def _attend(q: Any, k: Any, v: Any, bias: Any = None) -> Any:
+    """Scaled dot-product attention over (batch, heads, time, size) queries, keys, values;
+    `bias` is added to the scores (0 where allowed, _NEG where not)."""
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    return ops.matmul(ops.softmax(scores, axis=-1), v)
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class MultiHeadAttention(layers.Layer):
+    """Query, key, value and output projections, with the keys and values also computable
+    apart (`keys_values`), so decoding can cache them."""
+
+    def __init__(self, units: int, heads: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.units, self.heads = units, heads
+        # Named after this layer: a step model calls them apart, and names must be unique.
+        self.query = layers.Dense(units, name=f"{self.name}_query")
+        self.key = layers.Dense(units, name=f"{self.name}_key")
+        self.value = layers.Dense(units, name=f"{self.name}_value")
+        self.output_dense = layers.Dense(units, name=f"{self.name}_output")
+
+    def build(self, query_shape: tuple, source_shape: tuple | None = None) -> None:
+        for dense in (self.query, self.key, self.value, self.output_dense):
+            dense.build((None, None, self.units if dense is self.output_dense
+                         else query_shape[-1]))
+
+    def keys_values(self, source: Any) -> tuple[Any, Any]:
+        return _heads(self.key(source), self.heads), _heads(self.value(source), self.heads)
+
+    def attend(self, query: Any, keys: Any, values: Any, bias: Any = None) -> Any:
+        out = _attend(_heads(self.query(query), self.heads), keys, values, bias)
+        return self.output_dense(_merge(out))
+
+    def call(self, query: Any, source: Any, bias: Any = None) -> Any:
+        keys, values = self.keys_values(source)
+        return self.attend(query, keys, values, bias)
+
+    def compute_output_shape(self, query_shape: tuple, source_shape: tuple,
+                             bias_shape: tuple | None = None) -> tuple:
+        return (*query_shape[:-1], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "heads": self.heads}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class Block(layers.Layer):
+    """One pre-norm layer: self-attention (causal with `causal`), cross-attention to a memory
+    (with `cross`), feed-forward; each a residual branch with dropout."""
+
+    def __init__(self, units: int, heads: int, ff_units: int, dropout: float,
+                 causal: bool, cross: bool, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.units, self.heads, self.ff_units, self.dropout = units, heads, ff_units, dropout
+        self.causal, self.cross = causal, cross
+        name = self.name  # sublayers named after this block: unique in a step model too
+        self.norm_self = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm_self")
+        self.self_attention = MultiHeadAttention(units, heads, name=f"{name}_self_attention")
+        if cross:
+            self.norm_cross = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm_cross")
+            self.cross_attention = MultiHeadAttention(units, heads,
+                                                      name=f"{name}_cross_attention")
+        self.norm_ff = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm_ff")
+        self.ff_in = layers.Dense(ff_units, activation="relu", name=f"{name}_ff_in")
+        self.ff_out = layers.Dense(units, name=f"{name}_ff_out")
+        self.drop = layers.Dropout(dropout, name=f"{name}_dropout")
+
+    def build(self, x_shape: tuple, memory_shape: tuple | None = None) -> None:
+        shape = (None, None, self.units)
+        for norm in (self.norm_self, self.norm_ff, *([self.norm_cross] if self.cross else [])):
+            norm.build(shape)
+        self.self_attention.build(shape)
+        if self.cross:
+            self.cross_attention.build(shape)
+        self.ff_in.build(shape)
+        self.ff_out.build((None, None, self.ff_units))
+
+    def _feed_forward(self, x: Any, training: Any = None) -> Any:
+        return x + self.drop(self.ff_out(self.ff_in(self.norm_ff(x))), training=training)
+
+    def call(self, x: Any, memory: Any = None, training: Any = None) -> Any:
+        bias = None
+        if self.causal:
+            time = ops.shape(x)[1]
+            allowed = ops.tril(ops.ones((time, time), dtype=x.dtype))
+            bias = (1.0 - allowed) * _NEG  # (time, time), broadcast over batch and heads
+        normed = self.norm_self(x)
+        x = x + self.drop(self.self_attention(normed, normed, bias), training=training)
+        if self.cross:
+            x = x + self.drop(self.cross_attention(self.norm_cross(x), memory),
+                              training=training)
+        return self._feed_forward(x, training)
+
+    def step(self, x: Any, slot: Any, cache_k: Any, cache_v: Any, memory_k: Any,
+             memory_v: Any) -> tuple[Any, Any, Any]:
+        """One word x (batch, 1, units) at position `slot` (batch, slots) one-hot: its keys and
+        values are written into the caches (batch, heads, slots, size), and it attends to the
+        slots up to its own."""
+        normed = self.norm_self(x)
+        k, v = self.self_attention.keys_values(normed)  # (batch, heads, 1, size)
+        write = ops.expand_dims(ops.expand_dims(slot, 1), -1)  # (batch, 1, slots, 1)
+        cache_k = cache_k * (1.0 - write) + k * write
+        cache_v = cache_v * (1.0 - write) + v * write
+        seen = ops.flip(ops.cumsum(ops.flip(slot, axis=-1), axis=-1), axis=-1)  # 1 up to it
+        bias = ops.expand_dims(ops.expand_dims((1.0 - seen) * _NEG, 1), 1)
+        x = x + self.self_attention.attend(normed, cache_k, cache_v, bias)
+        if self.cross:
+            x = x + self.cross_attention.attend(self.norm_cross(x), memory_k, memory_v)
+        return self._feed_forward(x), cache_k, cache_v
+
+    def compute_output_shape(self, x_shape: tuple, memory_shape: tuple | None = None) -> tuple:
+        return x_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "heads": self.heads,
+                "ff_units": self.ff_units, "dropout": self.dropout, "causal": self.causal,
+                "cross": self.cross}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class Positions(layers.Layer):
+    """Adds a learned embedding of each position (batch, time, units); `offset` starts the
+    positions further on (decoding one word at a time)."""
+
+    def __init__(self, length: int, units: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.length, self.units = length, units
+
+    def build(self, x_shape: tuple) -> None:
+        self.table = self.add_weight(shape=(self.length, self.units), name="table",
+                                     initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, x: Any) -> Any:
+        return x + ops.expand_dims(self.table[: ops.shape(x)[1]], 0)
+
+    def compute_output_shape(self, x_shape: tuple) -> tuple:
+        return x_shape
+
+    def at(self, slot: Any) -> Any:
+        """The embedding of the one-hot positions `slot` (batch, length): (batch, 1, units)."""
+        return ops.expand_dims(ops.matmul(slot, self.table), 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "length": self.length, "units": self.units}
+
+
+def _decoder_blocks(model: keras.Model) -> list[Block]:
+    return sorted((layer for layer in model.layers if layer.name.startswith("decoder_block_")),
+                  key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
+
+
+LAYERS = ("grid_norm", "grid_project", "grid_positions", "embedding", "token_positions",
+          "final_norm", "logits")
+
+
+class TransformerStepper:
+    """Context: the memory's keys and values for each decoder layer. State: the keys and values
+    of the words so far, `max_length` slots per layer (cache=True), or the words so far
+    (cache=False, the prefix recomputed each step)."""
+
+    attention = None
+
+    def __init__(self, model: keras.Model, cache: bool = True):
+        self.model, self.cache = model, cache
+        positions, channels = model.input_shape[0][1:]
+        blocks = _decoder_blocks(model)
+        self.length = model.get_layer("token_positions").length
+        self.heads, units = blocks[0].heads, blocks[0].units
+        self.size = units // self.heads
+        grid = keras.Input((positions, channels))
+        memory = _memory(model, grid)
+        kvs = [kv for block in blocks for kv in block.cross_attention.keys_values(memory)]
+        self.start_model = keras.Model(grid, kvs)
+
+        token = keras.Input((), dtype="int32")
+        slot = keras.Input((self.length,))  # one-hot position of this word
+        memory_kv = [keras.Input((self.heads, positions, self.size)) for _ in range(2 * len(
+            blocks))]
+        caches = [keras.Input((self.heads, self.length, self.size)) for _ in range(2 * len(
+            blocks))]
+        x = _embed(model, ops.expand_dims(token, 1)) + model.get_layer("token_positions").at(
+            slot)
+        new_caches = []
+        for i, block in enumerate(blocks):
+            x, k, v = block.step(x, slot, caches[2 * i], caches[2 * i + 1], memory_kv[2 * i],
+                                 memory_kv[2 * i + 1])
+            new_caches += [k, v]
+        logits = model.get_layer("logits")(model.get_layer("final_norm")(x))[:, 0]
+        self.step_model = keras.Model([token, slot, *memory_kv, *caches],
+                                      [logits, *new_caches])
+
+    def start(self, features: np.ndarray) -> tuple[Arrays, Arrays]:
+        features = features.astype("float32")
+        rows = len(features)
+        self.steps = 0
+        if not self.cache:
+            return (features,), (np.zeros((rows, 0), "int32"),)
+        memory = tuple(np.asarray(a) for a in self.start_model.predict_on_batch(features))
+        empty = np.zeros((rows, self.heads, self.length, self.size), "float32")
+        return memory, tuple(empty for _ in memory)
+
+    def step(self, context: Arrays, tokens: np.ndarray, state: Arrays
+             ) -> tuple[np.ndarray, Arrays]:
+        tokens = tokens.astype("int32")
+        if not self.cache:
+            prefix = np.concatenate([state[0], tokens[:, None]], axis=1)
+            logits = np.asarray(self.model.predict_on_batch([context[0], prefix]))[:, -1]
+            return logits, (prefix,)
+        slot = np.zeros((len(tokens), self.length), "float32")
+        slot[:, min(self.steps, self.length - 1)] = 1.0
+        self.steps += 1
+        out = self.step_model.predict_on_batch([tokens, slot, *context, *state])
+        return np.asarray(out[0]), tuple(np.asarray(a) for a in out[1:])
+
+
+def _embed(model: keras.Model, tokens: Any) -> Any:
+    x = model.get_layer("embedding")(tokens)
+    names = [layer.name for layer in model.layers]
+    return model.get_layer("token_project")(x) if "token_project" in names else x
+
+
+def _memory(model: keras.Model, grid: Any) -> Any:
+    x = model.get_layer("grid_positions")(model.get_layer("grid_project")(
+        model.get_layer("grid_norm")(grid)))
+    encoders = sorted((layer for layer in model.layers
+                       if layer.name.startswith("encoder_block_")),
+                      key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
+    for block in encoders:
+        x = block(x)
+    if encoders:
+        x = model.get_layer("memory_norm")(x)
+    return x
+
+
+class Transformer:
+    name = "transformer"
+    attends = False  # its cross-attention has heads and layers: no one map per word
+    grid = True
+
+    @staticmethod
+    def build(config: Any, vocab_size: int, stats: FeatureStats,
+              embedding_matrix: np.ndarray | None = None, *, positions: int | None,
+              max_length: int = 40) -> keras.Model:
+        settings = config.transformer
+        units, channels = settings.units, int(stats.mean.shape[-1])
+        grid = keras.Input((positions, channels), name="image")
+        tokens = keras.Input((None,), dtype="int32", name="tokens")
+
+        x = layers.Normalization(mean=stats.mean, variance=stats.var, dtype="float32",
+                                 name="grid_norm")(grid)
+        x = layers.Dense(units, name="grid_project")(x)
+        memory = Positions(positions, units, name="grid_positions")(x)
+        for i in range(settings.encoder_layers):
+            memory = Block(units, settings.heads, settings.ff_units, config.dropout,
+                           causal=False, cross=False, name=f"encoder_block_{i}")(memory)
+        if settings.encoder_layers:
+            memory = layers.LayerNormalization(epsilon=1e-5, name="memory_norm")(memory)
+
+        width = embedding_matrix.shape[1] if embedding_matrix is not None \
+            else config.embedding_dim
+        trainable = config.train_embedding or embedding_matrix is None
+        embedding = layers.Embedding(vocab_size, width, trainable=trainable, name="embedding")
+        y = embedding(tokens)
+        if width != units:
+            y = layers.Dense(units, name="token_project")(y)
+        y = Positions(max_length, units, name="token_positions")(y)
+        y = layers.Dropout(config.dropout, name="token_dropout")(y)
+        for i in range(settings.layers):
+            y = Block(units, settings.heads, settings.ff_units, config.dropout, causal=True,
+                      cross=True, name=f"decoder_block_{i}")(y, memory)
+        y = layers.LayerNormalization(epsilon=1e-5, name="final_norm")(y)
+        logits = layers.Dense(vocab_size, dtype="float32", name="logits")(y)
+        model = keras.Model([grid, tokens], logits, name=model_name("transformer"))
+        if embedding_matrix is not None:
+            embedding.set_weights([embedding_matrix.astype("float32")])
+        return model
+
+    @staticmethod
+    def stepper(model: keras.Model, cache: bool = True) -> TransformerStepper:
+        return TransformerStepper(model, cache)
+
+    @staticmethod
+    def problem(model: keras.Model) -> str | None:
+        missing = missing_layers(model, LAYERS)
+        if missing:
+            return missing
+        if not _decoder_blocks(model):
+            return "it has no decoder_block_0 layer"
+        return None

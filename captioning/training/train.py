@@ -1,0 +1,265 @@
+"""`train_captioner`: the one training function, for the CLI and for every sweep trial.
+
+Each epoch: train loss and masked accuracy, validation loss and accuracy, and validation
+BLEU-1..4, CIDEr-D and ROUGE-L of greedy captions for a bounded sample of validation images.
+The best epoch (by train.monitor) is kept as a model directory:
+
+    model.keras   the Keras model (loaded in safe mode)
+    last.keras    the latest epoch with its optimizer state, to resume from
+    samples.json  greedy captions of validation images beside their references (best epoch)
+    attention.png where the attention decoder looked for each word, on a few of them
+    vocab.json    the vocabulary
+    config.json   the resolved experiment config
+    metrics.json  the best epoch's metrics; history.json every epoch's
+    checkpoint.json  the epoch and every file's SHA-256, so a copy can be checked whole
+
+An epoch's files are written under temp names first and renamed into place only once all are
+written, so the directory never mixes two epochs: if the disk fills, WriteError names the file
+and the previous epoch's checkpoint is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from captioning.atomic import Writer, write_whole
+from captioning.config.loading import save_config
+from captioning.config.schema import ExperimentConfig
+from captioning.data.batches import CaptionBatches, encode_captions
+from captioning.data.prepare import Prepared, prepare
+from captioning.errors import DatasetError
+from captioning.evaluation.figures import attention_figure
+from captioning.evaluation.scores import caption_scores, strip_markers
+from captioning.features.cache import FeatureSet, image_inputs
+from captioning.models.build import build_model, compile_model, precision, step_decoder
+from captioning.models.decoding import generate
+from captioning.models.embeddings import load_vectors, spacy_embedding_matrix
+from captioning.models.protocol import Stepper
+from captioning.models.registry import decoder_named
+from captioning.training.checkpoints import MANIFEST, manifest_writer
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float], Path], None]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    best: dict[str, float]  # metrics of the best epoch ("epoch" included)
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+
+def model_inputs(features: FeatureSet, train_rows: np.ndarray, grid: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(what the model reads per image, the training images' per-channel mean and variance).
+
+    Pooled vectors (images, channels) as float32 in memory; or the feature maps (images,
+    positions, channels) as they are cached, memory-mapped: batches read only their rows. A
+    map's variance over the training images' positions comes from each image's mean of
+    squares, so no map is read whole.
+    """
+    mean = features.array[train_rows].astype("float64").mean(axis=0)
+    if not grid:
+        vectors = features.array.astype("float32")
+        return vectors, mean.astype("float32"), vectors[train_rows].var(axis=0)
+    squares = features.grid_sq[train_rows].astype("float64").mean(axis=0)
+    var = np.maximum(squares - mean**2, 0.0)
+    return features.grid, mean.astype("float32"), var.astype("float32")
+
+
+def caption_split(prepared: Prepared, split: str, max_length: int
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(feature row per caption, token ids per caption) for every caption of a split."""
+    rows, captions = [], []
+    for name in prepared.dataset.splits[split]:
+        for caption in prepared.dataset.captions[name]:
+            rows.append(prepared.features.index[name])
+            captions.append(caption)
+    return np.asarray(rows, "int64"), encode_captions(captions, prepared.vocab, max_length)
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Scores greedy captions, keeps the best checkpoint, then hands the epoch to `on_epoch`."""
+
+    def __init__(self, config: ExperimentConfig, prepared: Prepared, model_dir: Path,
+                 on_epoch: EpochCallback | None):
+        super().__init__()
+        self.config, self.prepared, self.model_dir, self.on_epoch = (
+            config, prepared, model_dir, on_epoch)
+        val = sorted(prepared.dataset.splits["val"])
+        rng = np.random.default_rng(config.train.seed)
+        count = min(config.train.score_images, len(val))
+        self.score_images = sorted(rng.choice(val, size=count, replace=False).tolist())
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
+        self.decoder: Stepper | None = None  # shares the model's layers: built once
+
+    def _improved(self, metrics: dict[str, float]) -> bool:
+        if self.best is None:
+            return True
+        key, mode = self.config.train.monitor, self.config.train.monitor_mode
+        return metrics[key] < self.best[key] if mode == "min" else metrics[key] > self.best[key]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        if self.score_images:
+            self.decoder = self.decoder or step_decoder(self.model)
+            captions = generate(self.decoder, self.prepared.vocab,
+                                image_inputs(self.prepared.features, self.score_images,
+                                             self.config.model.grid),
+                                max_length=self.config.decode.max_length)
+            references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
+            scores = caption_scores(references, dict(zip(self.score_images, captions,
+                                                         strict=True)))
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        history = [*self.history, metrics]
+        improved = self._improved(metrics)
+        files: dict[str, Writer] = {}
+        if improved:
+            files["model.keras"] = self.model.save
+            if self.score_images:
+                files["samples.json"] = _json([
+                    {"image": name, "path": str(self.prepared.dataset.image_path(name)),
+                     "prediction": caption,
+                     "references": [strip_markers(r) for r in references[name]]}
+                    for name, caption in zip(self.score_images, captions, strict=True)][:50])
+            files["metrics.json"] = _json(metrics)
+            if decoder_named(self.config.model.decoder).attends and self.score_images:
+                files["attention.png"] = self._attention_figure()
+        files["last.keras"] = self.model.save
+        files["history.json"] = _json(history)  # resume reads how far training got here
+        files[MANIFEST] = manifest_writer(self.model_dir, epoch + 1, list(files))
+        write_whole({self.model_dir / name: write for name, write in files.items()},
+                    "checkpoint", self._kept())
+        self.history = history
+        if improved:
+            self.best = metrics
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, metrics, self.model_dir)
+
+    def _attention_figure(self, count: int = 4) -> Writer:
+        """Where the decoder looks for each word, on a few validation images."""
+        from PIL import Image
+
+        names = self.score_images[:count]
+        maps: list[np.ndarray] = []
+        captions = generate(self.decoder, self.prepared.vocab,
+                            image_inputs(self.prepared.features, names, True),
+                            max_length=self.config.decode.max_length, attention=maps)
+        items = []
+        for name, caption, looked in zip(names, captions, maps, strict=True):
+            with Image.open(self.prepared.dataset.image_path(name)) as image:
+                items.append((image.copy(), caption.split(), looked))
+        return lambda path: attention_figure(items, path)
+
+    def _kept(self) -> str:
+        """What a failed write leaves in the model directory, for the error message."""
+        if not self.history:
+            return "no earlier epoch was saved"
+        last = int(self.history[-1]["epoch"])
+        best = int(self.best["epoch"]) if self.best is not None else last
+        if best == last:
+            return f"the previous checkpoint (epoch {best}) is intact"
+        return f"the previous checkpoint (best epoch {best}, last epoch {last}) is intact"
+
+
+def _json(data: object) -> Writer:
+    return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def default_model_dir(config: ExperimentConfig) -> Path:
+    return Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
+                    on_epoch: EpochCallback | None = None, prepared: Prepared | None = None,
+                    verbose: int | None = None, resume: bool = False) -> TrainResult:
+    """Train the captioner `config` describes (any decoder); keep its best epoch in `model_dir`.
+
+    `on_epoch(epoch, metrics, model_dir)` is called after every epoch, once that epoch's
+    files are on disk. `prepared` lets a caller reuse data and features. With `resume`, a
+    `model_dir` holding last.keras and history.json continues after its last epoch, with the
+    optimizer state it had (early stopping's patience starts afresh).
+    """
+    # A spaCy model that cannot load must stop the run before features are extracted.
+    vectors = (load_vectors(config.embedding.removeprefix("spacy:"))
+               if config.embedding.startswith("spacy:") else None)
+    prepared = prepared or prepare(config)
+    model_dir = Path(model_dir or default_model_dir(config))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_whole({model_dir / "config.json": lambda path: save_config(config, path),
+                 model_dir / "vocab.json": prepared.vocab.save},
+                "checkpoint", f"{model_dir} is as it was")
+
+    # The dtype policy covers the model, not the features: they are cached whatever it is.
+    with precision(config.train.precision):
+        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume)
+
+
+def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
+         on_epoch: EpochCallback | None, vectors: object, verbose: int | None,
+         resume: bool) -> TrainResult:
+    keras.utils.set_random_seed(config.train.seed)
+    length = config.train.max_caption_length
+    train_rows, train_seqs = caption_split(prepared, "train", length)
+    if not train_seqs:
+        raise DatasetError(f"{config.data.root}: the train split has no caption of a readable "
+                           f"image ({len(prepared.dataset.skipped)} image(s) skipped; "
+                           "`captioning prepare` lists them)")
+    val_rows, val_seqs = caption_split(prepared, "val", length)
+    grid = config.model.grid
+    features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
+
+    done: list[dict[str, float]] = []
+    if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():
+        model = keras.saving.load_model(model_dir / "last.keras", safe_mode=True)
+        done = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
+        log.info("resuming %s after epoch %d", model_dir, len(done))
+    else:
+        matrix = None
+        if vectors is not None:
+            log.info("embedding %s", config.embedding)
+            matrix = spacy_embedding_matrix(vectors, prepared.vocab,
+                                            seed=config.train.seed).matrix
+        model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
+                            positions=prepared.features.positions if grid else None,
+                            max_length=max(length, config.decode.max_length))
+        compile_model(model, config.train)
+
+    batch = config.train.batch_size
+    train_batches = CaptionBatches(features, train_rows, train_seqs, batch, shuffle=True,
+                                   seed=config.train.seed)
+    val_batches = (CaptionBatches(features, val_rows, val_seqs, batch, shuffle=False)
+                   if val_seqs else None)
+    epoch_end = _EpochEnd(config, prepared, model_dir, on_epoch)
+    if done:
+        epoch_end.history = list(done)
+        best_file = model_dir / "metrics.json"
+        epoch_end.best = json.loads(best_file.read_text()) if best_file.is_file() else None
+    stopper = keras.callbacks.EarlyStopping(monitor=config.train.monitor,
+                                            mode=config.train.monitor_mode,
+                                            patience=config.train.patience)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    if len(done) < config.train.epochs:
+        if keras.backend.backend() == "tensorflow":  # batches made in the graph, ahead
+            train_batches = train_batches.tf_dataset()
+            val_batches = val_batches.tf_dataset() if val_batches is not None else None
+        model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
+                  initial_epoch=len(done), callbacks=[epoch_end, stopper], verbose=verbose,
+                  shuffle=False)
+    assert epoch_end.best is not None
+    return TrainResult(model_dir, epoch_end.best, epoch_end.history,
+                       stopped_early=stopper.stopped_epoch > 0)

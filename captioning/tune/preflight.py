@@ -1,0 +1,45 @@
+"""Checks a sweep makes before Ray starts any trial, so that a setting no trial could use is
+one clear error now rather than a failure in every trial (or a trial pending forever)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from captioning.errors import ConfigError
+from captioning.features.encoders import build_encoder
+from captioning.training.devices import release
+
+log = logging.getLogger(__name__)
+
+
+def check_gpus(share: float, *, cluster: bool) -> None:
+    """Refuse a GPU share no node has (on a cluster: warn, its autoscaler may add one)."""
+    if share > 1 and not float(share).is_integer():
+        raise ConfigError(f"sweep.resources.gpu: {share:g} is neither a share of one GPU (at "
+                          "most 1) nor a whole number of GPUs")
+    if share <= 0:
+        return
+    most = max((node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]),
+               default=0.0)
+    if share <= most:
+        return
+    if cluster:
+        log.warning("sweep.resources.gpu: each trial asks for %g GPU(s) and no node of the "
+                    "Ray cluster has that many now; trials wait until one joins", share)
+        return
+    raise ConfigError(f"sweep.resources.gpu: each trial asks for {share:g} GPU(s) but this "
+                      f"machine has {most:g}; set sweep.resources.gpu=0 to train on the CPU"
+                      + (", or a share such as 0.5 to put several trials on one GPU"
+                         if most else ""))
+
+
+def check_encoder_files(encoders: list[Any]) -> None:
+    """Build each encoder that reads a weights file or is a model file, here, before Ray:
+    a file that does not fit is one ConfigError now, not a failure in every trial."""
+    for encoder in encoders:
+        if encoder.model is not None or encoder.weights_file is not None:
+            build_encoder(encoder)
+    release()

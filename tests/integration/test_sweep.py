@@ -1,0 +1,221 @@
+"""Sweeps against a real `mlflow server` (SQLite, 127.0.0.1) and a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from captioning.config.loading import load_experiment
+from captioning.data.dataset import load_dataset
+from captioning.tracking.runs import MODEL_TAG
+from captioning.tune.launcher import run_sweep
+from conftest import REPO, free_port, run_cli, start_local_ray, trial_runs
+
+pytestmark = pytest.mark.slow
+SMOKE_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    start_local_ray()
+    yield
+    ray.shutdown()
+
+
+def experiment(sample_root: Path, tmp_path: Path, mlflow_url: str, name: str, *extra: str):
+    return load_experiment(REPO / "experiments" / "quickstart.yaml", [
+        f"name={name}", f"data.root={sample_root}", f"sweep.tracking_uri={mlflow_url}",
+        f"sweep.storage_path={tmp_path / 'ray_results'}", *extra])
+
+
+# smoke_sweep (conftest.py): the quickstart in smoke mode, 4 trials, experiment "smoke".
+
+
+def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep, mlflow_server,
+                                                                   sample_root):
+    result, _ = smoke_sweep
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["num_samples"] == "4"
+    assert "ASHA" in parent.data.params["scheduler"]
+    assert "TPESampler" in parent.data.params["sampler"]
+    assert int(parent.data.params["dataset.images"]) == 300
+    assert parent.data.tags["best_trial_id"] == result.best["trial_id"]
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_trial.json", "search", "search_space", "experiment"} <= parent_files
+
+    # The MLflow UI opens the experiment on its training runs, not on the GenAI overview.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    dataset = load_dataset(sample_root)
+
+    def dataset_of(run_id: str):
+        [used] = client.get_run(run_id).inputs.dataset_inputs
+        return used.dataset
+
+    logged = dataset_of(parent.info.run_id)
+    assert (logged.name, logged.digest) == (sample_root.name, dataset.digest())
+    assert json.loads(logged.profile) == dataset.profile()
+    assert json.loads(logged.profile)["train_images"] == len(dataset.splits["train"])
+
+    runs = trial_runs(mlflow_server, "smoke", result.parent_run_id)
+    assert len(runs) == result.trials == 4
+    for run in runs:
+        assert dataset_of(run.info.run_id).digest == dataset.digest()
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name.startswith(run.data.params["model.decoder"] + " ")
+        assert run.data.params["encoder.name"] in run.info.run_name
+        assert {"model.lstm_units", "train.learning_rate", "data.root"} <= set(run.data.params)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_cider")]
+        assert steps == list(range(1, len(steps) + 1))
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "val_cider",
+                       "val_rouge_l", "val_bleu1"):
+            assert metric in run.data.metrics
+        # The kept epoch is logged as an MLflow model, with that epoch's scores linked to it.
+        model = client.get_logged_model(run.data.tags[MODEL_TAG])
+        assert model.source_run_id == run.info.run_id and model.name == "model"
+        # Kept by the metric the sweep ranks trials by (val_cider by default).
+        history = client.get_metric_history(run.info.run_id, "val_cider")
+        linked = {m.key: m for m in model.metrics}
+        assert linked["val_cider"].value == max(m.value for m in history)
+        assert linked["val_cider"].step == min(m.step for m in history
+                                               if m.value == linked["val_cider"].value)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"val_samples.json", "val_samples.png"} <= artifacts
+        # An attention trial shows where it looked for each word of a few captions.
+        assert ("attention.png" in artifacts) == (run.data.params["model.decoder"] == "attention")
+        assert run.data.tags["early_stopped"] == str(
+            int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()
+
+
+def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
+        sample_root, tmp_path, mlflow_server, local_ray):
+    # Scores fixed by start order, trials one at a time: ASHA's decisions are forced. The
+    # first trial scores 1.0 and runs all epochs; the others score 0.0, below the cutoff of
+    # the first rung (grace period 1), and stop after one epoch.
+    claim = tmp_path / "first"
+
+    def scored(drawn, base):
+        from ray import tune
+
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+            score = 1.0
+        except FileExistsError:
+            score = 0.0
+        for epoch in range(1, base["train"]["epochs"] + 1):
+            tune.report({"epoch": epoch, "loss": 1.0, "val_loss": 1.0, "val_cider": score})
+
+    config = experiment(sample_root, tmp_path, mlflow_server, "asha",
+                        "sweep.max_concurrent_trials=1")
+    result = run_sweep(config, smoke_test=True, num_samples=3, trainable=scored,
+                       say=lambda _: None)
+    assert result.trials == 3 and result.errors == 0
+    runs = trial_runs(mlflow_server, "asha", result.parent_run_id)
+    ran = sorted((int(run.data.tags["epochs_run"]), run.data.tags["early_stopped"])
+                 for run in runs)
+    assert ran == [(1, "true"), (1, "true"), (SMOKE_EPOCHS, "false")]
+    assert result.best["metrics"]["val_cider"] == 1.0
+
+
+def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
+                                                                     mlflow_server):
+    result, tmp = smoke_sweep
+    runs = trial_runs(mlflow_server, "smoke", result.parent_run_id)
+    encoders = {run.data.params["encoder.name"] for run in runs}
+    # Merge trials read pooled vectors, attention trials feature maps: one extraction serves
+    # both (the sweep caches the maps from the start).
+    assert {run.data.params["model.decoder"] for run in runs} == {"merge", "attention"}
+    folder = tmp / "ray_results" / "feature_cache" / "features"
+    cached = sorted(path for path in folder.glob("*.npy")
+                    if not path.name.endswith((".grid.npy", ".gridsq.npy")))
+    assert sorted(path.name.rsplit("-", 1)[0] for path in cached) == sorted(encoders)
+    assert all(path.with_suffix(".grid.npy").is_file() for path in cached)
+    extractions = {encoder: 0 for encoder in encoders}
+    for trial in result.timeline:
+        extractions[trial["config"]["encoder.name"]] += trial["features_extracted"]
+    assert extractions == {encoder: 1 for encoder in encoders}
+    assert len(result.timeline) > len(encoders)  # some trials reused another's features
+
+
+def test_a_bad_search_space_fails_fast_with_one_line_naming_it(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.learning_rate:\n  loguniform: [0.1, 0.001]\n")
+    result = run_cli("sweep", "--experiment", str(REPO / "experiments" / "quickstart.yaml"),
+                     "--search-space", str(space), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {space}: train.learning_rate: low bound 0.1 is not below high bound 0.001")
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_an_unknown_encoder_in_the_space_is_refused(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("encoder.name:\n  choice: [resnet50, vgg99]\n")
+    result = run_cli("sweep", "--search-space", str(space),
+                     "--experiment", str(REPO / "experiments" / "quickstart.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "encoder.name: unknown encoder 'vgg99'" in result.stderr
+
+
+def test_a_weights_file_that_fits_only_some_encoders_of_the_space_is_refused_before_ray(
+        tmp_path):
+    from captioning.config.schema import EncoderConfig
+    from captioning.features.encoders import build_encoder
+
+    weights = tmp_path / "mobilenet_quarter.weights.h5"
+    build_encoder(EncoderConfig(name="mobilenet", alpha=0.25, weights="none")).save_weights(
+        weights)
+    space = tmp_path / "space.yaml"
+    space.write_text("encoder.name:\n  choice: [mobilenet, mobilenet_v2]\n")
+    result = run_cli("sweep", "--search-space", str(space), "--set", "encoder.name=mobilenet",
+                     "--set", "encoder.alpha=0.25",
+                     "--set", f"encoder.weights={weights}", "--set", "encoder.image_size=96",
+                     "--storage", str(tmp_path / "ray_results"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: encoder.weights: {weights} does not fit mobilenet_v2 alpha 0.25 at 96x96")
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize(("share", "message"), [
+    ("1", "sweep.resources.gpu: each trial asks for 1 GPU(s) but this machine has 0; set "
+          "sweep.resources.gpu=0 to train on the CPU"),
+    ("1.5", "sweep.resources.gpu: 1.5 is neither a share of one GPU (at most 1) nor a whole "
+            "number of GPUs"),
+])
+def test_a_gpu_share_no_gpu_here_can_give_is_refused_before_any_work(tmp_path, share, message):
+    result = run_cli("sweep", "--set", f"sweep.resources.gpu={share}",
+                     "--set", f"sweep.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                     "--storage", str(tmp_path / "ray_results"), cwd=REPO,
+                     env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a machine with one
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("sweep", "--set", f"sweep.tracking_uri={dead}",
+                     "--storage", str(tmp_path / "ray_results"), cwd=REPO)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MLflow tracking server {dead} cannot be reached")
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_experiment_names_a_valid_search_space(path):
+    from captioning.tune.search_space import load_search_space
+
+    config = load_experiment(path)
+    space = load_search_space(REPO / config.sweep.search_space, config)
+    assert space.params
+    assert config.train.epochs >= config.sweep.grace_period
