@@ -49,7 +49,7 @@ class DataConfig(Section):
 
 
 class EncoderConfig(Section):
-    # A keras.applications CNN in snake case (captioning.encoders): inception_v3, resnet50,
+    # A keras.applications CNN in snake case (features/encoders.py): inception_v3, resnet50,
     # mobilenet, efficientnet_b0, ... With `model` set, only a label for it.
     name: str = "inception_v3"
     # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
