@@ -129,9 +129,10 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
             CheckpointKeeper(sweep_dir), *(callbacks or [])])
     results = _fit(tuner, tracker)
     # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
-    # for --resume: a trial is done only if it said so (finished or stopped by ASHA) or failed.
+    # for --resume: a trial is done only if it said so, reported its last epoch, or failed.
     unfinished = config.sweep.num_samples - sum(
-        finished(result.metrics, result.error is not None) for result in results)
+        finished(result.metrics, result.error is not None, config.train.epochs)
+        for result in results)
     if unfinished > 0:
         tracker.interrupted()
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),

@@ -28,10 +28,13 @@ from captioning.tune.trainable import trial_name
 log = logging.getLogger(__name__)
 
 
-def finished(last_result: dict[str, Any] | None, failed: bool) -> bool:
-    """Whether a trial is over: it failed, or its last result says done (it returned, or ASHA
-    stopped it); a trial ended by Ctrl-C is neither."""
-    return failed or bool((last_result or {}).get("done"))
+def finished(last_result: dict[str, Any] | None, failed: bool, max_epochs: int) -> bool:
+    """Whether a trial is over: it failed, its last result says done (it returned, or ASHA
+    stopped it), or it reported its last epoch (Ctrl-C may come before it returns, and a
+    resumed trial with nothing left to train reports nothing new); a trial Ctrl-C ended
+    mid-way is none of these."""
+    result = last_result or {}
+    return failed or bool(result.get("done")) or int(result.get("epoch", 0)) >= max_epochs
 
 
 class MlflowTrials(tune.Callback):
@@ -161,7 +164,8 @@ class MlflowTrials(tune.Callback):
             self.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if not all(finished(trial.last_result, trial.status == "ERROR") for trial in trials):
+        if not all(finished(trial.last_result, trial.status == "ERROR", self.max_epochs)
+                   for trial in trials):
             # Stopped by Ctrl-C: one try, no wait; --resume sends what is left.
             self.flush()
             return
