@@ -163,10 +163,44 @@ class ModelConfig(Section):
         return decoder_named(self.decoder).grid
 
 
+class ScstConfig(Section):
+    """Self-critical sequence training (train.scst): after the cross-entropy epochs, from the
+    best of them, optimise the CIDEr-D of sampled captions (Rennie et al. 2017; Luo 2020).
+    Its epochs continue the same history (training/scst.py)."""
+
+    epochs: StrictInt = Field(0, ge=0)  # 0 = off; each epoch samples every training image once
+    # Constant. ruotianluo/ImageCaptioning.pytorch: 5e-5 for LSTMs, 1e-5 for Transformers.
+    learning_rate: StrictFloat = Field(5e-5, gt=0.0)
+    samples: StrictInt = Field(5, ge=1)  # captions sampled per image (K)
+    # mean: each sample's baseline is the mean reward of the image's other K-1 samples (Luo's
+    # "new self-critical", the reference's default); greedy: the greedy caption's reward (Rennie).
+    baseline: Literal["mean", "greedy"] = "mean"
+    # Tokens of a sampled caption, startseq and endseq included: Flickr captions average 12.
+    max_length: StrictInt = Field(20, ge=3)
+
+    @model_validator(mode="after")
+    def _baseline_has_samples(self) -> ScstConfig:
+        if self.baseline == "mean" and self.samples < 2:
+            raise KeyProblem("samples", "the mean baseline needs at least 2 samples per image "
+                                        "(it averages the others')")
+        return self
+
+
 class TrainConfig(Section):
-    epochs: StrictInt = Field(50, ge=1)  # seed: 50
+    epochs: StrictInt = Field(50, ge=1)  # seed: 50 (of cross-entropy; train.scst adds more)
     batch_size: StrictInt = Field(32, ge=1)  # seed: 32 (captions per batch here)
     learning_rate: StrictFloat = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
+    # The learning rate over the cross-entropy epochs: constant (the seed's), or from 0 up to
+    # learning_rate over `warmup`, then down to 0 at the last epoch along a cosine or a line.
+    # Transformers are trained with warmup in every published captioning recipe.
+    schedule: Literal["constant", "warmup_cosine", "warmup_linear"] = "constant"
+    # Below 1: a fraction of all training steps; from 1: a number of steps.
+    warmup: StrictFloat | StrictInt = Field(0.05, ge=0.0)
+    # Of the cross-entropy over real tokens (0 = none); val_loss is then the smoothed loss.
+    label_smoothing: StrictFloat = Field(0.0, ge=0.0, lt=1.0)
+    # The largest global norm of a step's gradients (None = unclipped).
+    clip_norm: StrictFloat | None = Field(None, gt=0.0)
+    scst: ScstConfig = ScstConfig()
     seed: StrictInt = 0
     # Early stopping: epochs without improvement of `monitor` before training stops; the
     # epoch kept is the best by it. CIDEr-D, as sweeps rank trials (docs/quality.md: on real
@@ -186,9 +220,27 @@ class TrainConfig(Section):
     # else TensorFlow (captioning/training/backend.py says why). KERAS_BACKEND, if set, wins.
     backend: Literal["auto", "tensorflow", "jax"] = "auto"
 
+    @model_validator(mode="after")
+    def _whole_warmup(self) -> TrainConfig:
+        if isinstance(self.warmup, float) and self.warmup >= 1.0 and not self.warmup.is_integer():
+            raise KeyProblem("warmup", f"{self.warmup}: below 1 a fraction of the steps, "
+                                       "from 1 a whole number of steps")
+        return self
+
     @property
     def monitor_mode(self) -> Mode:
         return mode_of(self.monitor)
+
+    @property
+    def total_epochs(self) -> int:
+        """Cross-entropy epochs and SCST epochs: the most a run reports."""
+        return self.epochs + self.scst.epochs
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """The warmup in steps, for a schedule of `total_steps`."""
+        if self.warmup < 1:
+            return int(round(self.warmup * total_steps))
+        return min(int(self.warmup), total_steps)
 
 
 class DecodeConfig(Section):

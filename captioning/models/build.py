@@ -24,10 +24,84 @@ from captioning.models.registry import decoder_named, decoder_of
 
 @keras.saving.register_keras_serializable(package="captioning")
 def masked_loss(y_true: Any, y_pred: Any) -> Any:
-    """Mean sparse cross-entropy over the real (non-padding, id != 0) target tokens."""
+    """Mean sparse cross-entropy over the real (non-padding, id != 0) target tokens (what
+    models saved before MaskedLoss were compiled with; their last.keras still resumes)."""
     mask = ops.cast(ops.not_equal(y_true, 0), "float32")
     loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
     return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class MaskedLoss(keras.losses.Loss):
+    """Mean cross-entropy over the real target tokens, optionally label-smoothed: the target
+    word gets 1 - smoothing of the mass and every word of the vocabulary smoothing / V."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_loss", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        y_true = ops.cast(y_true, "int32")
+        mask = ops.cast(ops.not_equal(y_true, 0), "float32")
+        logits = ops.cast(y_pred, "float32")
+        log_probs = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
+        target = ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1)[..., 0]
+        loss = -target
+        if self.label_smoothing:
+            loss = ((1.0 - self.label_smoothing) * loss
+                    - self.label_smoothing * ops.mean(log_probs, axis=-1))
+        return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class PolicyGradientLoss(keras.losses.Loss):
+    """SCST's loss, -(r - b) log p(w), summed over sampled tokens: each token's
+    cross-entropy, weighted by the sample weight the trainer gives it (its caption's
+    advantage r - b over the number of real tokens in the batch; 0 after endseq)."""
+
+    def __init__(self, name: str = "policy_gradient_loss", **kwargs: Any):
+        kwargs.setdefault("reduction", "sum")
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return keras.losses.sparse_categorical_crossentropy(
+            ops.cast(y_true, "int32"), ops.cast(y_pred, "float32"), from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="captioning")
+class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """From 0 up to `peak` over `warmup_steps`, then down a line to 0 at `total_steps`."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps, self.total_steps = (
+            float(peak), int(warmup_steps), int(total_steps))
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        up = step / max(self.warmup_steps, 1)
+        down = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        return self.peak * ops.clip(ops.minimum(up, down), 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
+
+
+def learning_rate(config: TrainConfig, total_steps: int) -> Any:
+    """train.learning_rate as train.schedule has it over `total_steps` optimizer steps."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    warmup = config.warmup_steps(total_steps)
+    if config.schedule == "warmup_linear":
+        return WarmupLinear(config.learning_rate, warmup, total_steps)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(total_steps - warmup, 1), warmup_target=config.learning_rate,
+        warmup_steps=warmup)
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -66,9 +140,21 @@ def build_model(config: ModelConfig, vocab_size: int, feature_mean: np.ndarray,
         embedding_matrix, positions=positions, max_length=max_length, **options)
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=masked_loss,
+def compile_model(model: keras.Model, config: TrainConfig, total_steps: int = 1
+                  ) -> keras.Model:
+    """Adam on the masked cross-entropy, with train.schedule over `total_steps` steps."""
+    optimizer = keras.optimizers.Adam(learning_rate(config, total_steps),
+                                      global_clipnorm=config.clip_norm)
+    model.compile(optimizer=optimizer, loss=MaskedLoss(config.label_smoothing),
                   metrics=[MaskedAccuracy()], steps_per_execution=config.steps_per_execution)
+    return model
+
+
+def compile_scst(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Adam at train.scst.learning_rate (constant) on the policy-gradient loss."""
+    optimizer = keras.optimizers.Adam(config.scst.learning_rate,
+                                      global_clipnorm=config.clip_norm)
+    model.compile(optimizer=optimizer, loss=PolicyGradientLoss())
     return model
 
 

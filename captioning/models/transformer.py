@@ -5,6 +5,7 @@
     tokens (batch, time) -> embedding [-> dense(units)] + learned positions
         -> layers x [causal self-attention, cross-attention to the memory, feed-forward]
         -> layer norm -> dense(vocabulary) logits (batch, time, vocabulary)
+           (tie_embeddings: [dense(embedding width) ->] h @ embedding^T + bias instead)
 
 Every block is pre-norm (x + f(norm(x))), with dropout on each residual branch. Attention is
 written with `keras.ops` so that decoding can keep each layer's keys and values of the words so
@@ -21,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers, ops
-from pydantic import Field, StrictInt, model_validator
+from pydantic import Field, StrictFloat, StrictInt, model_validator
 
 from captioning.config.section import KeyProblem, Section
 from captioning.models.protocol import Arrays, FeatureStats, missing_layers, model_name
@@ -37,6 +38,10 @@ class TransformerConfig(Section):
     units: StrictInt = Field(256, ge=8)  # model width
     heads: StrictInt = Field(4, ge=1)
     ff_units: StrictInt = Field(1024, ge=1)  # of each layer's feed-forward block
+    # Of the residual branches and the token embeddings. None: model.dropout, whose 0.5 was
+    # chosen for the seed's LSTM merge model, far above what Transformers use (~0.1).
+    dropout: StrictFloat | None = Field(None, ge=0.0, lt=1.0)
+    tie_embeddings: bool = False  # logits = h E^T + b, E the word embeddings (Press & Wolf 2017)
 
     @model_validator(mode="after")
     def _heads_divide_units(self) -> TransformerConfig:
@@ -98,8 +103,7 @@ class MultiHeadAttention(layers.Layer):
         return self.output_dense(_merge(out))
 
     def call(self, query: Any, source: Any, bias: Any = None) -> Any:
-        keys, values = self.keys_values(source)
-        return self.attend(query, keys, values, bias)
+        return self.attend(query, *self.keys_values(source), bias)
 
     def compute_output_shape(self, query_shape: tuple, source_shape: tuple,
                              bias_shape: tuple | None = None) -> tuple:
@@ -210,13 +214,57 @@ class Positions(layers.Layer):
         return {**super().get_config(), "length": self.length, "units": self.units}
 
 
-def _decoder_blocks(model: keras.Model) -> list[Block]:
-    return sorted((layer for layer in model.layers if layer.name.startswith("decoder_block_")),
+@keras.saving.register_keras_serializable(package="captioning")
+class TiedEmbedding(layers.Layer):
+    """Word embeddings (vocabulary, width) that are also the output layer: `call(h,
+    reverse=True)` is h @ embeddings^T + bias, in float32 under any precision policy (as the
+    untied logits layer). `train_embeddings=False` freezes the matrix; the bias always trains."""
+
+    def __init__(self, input_dim: int, output_dim: int, train_embeddings: bool = True,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.train_embeddings = train_embeddings
+        self.autocast = False  # the variables stay float32 (as in keras' Embedding)
+
+    def build(self, input_shape: tuple | None = None) -> None:  # keras' Embedding's initializer
+        self.embeddings = self.add_weight(shape=(self.input_dim, self.output_dim),
+                                          initializer="uniform", name="embeddings",
+                                          trainable=self.train_embeddings)
+        self.bias = self.add_weight(shape=(self.input_dim,), initializer="zeros", name="bias")
+
+    def call(self, inputs: Any, reverse: bool = False) -> Any:
+        if reverse:
+            return ops.matmul(ops.cast(inputs, "float32"), ops.transpose(self.embeddings)) + \
+                self.bias
+        return ops.cast(ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0),
+                        self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "input_dim": self.input_dim,
+                "output_dim": self.output_dim, "train_embeddings": self.train_embeddings}
+
+
+def _optional(model: keras.Model, name: str, x: Any) -> Any:
+    """x through the model's layer `name` where it has one, else x."""
+    return model.get_layer(name)(x) if name in [layer.name for layer in model.layers] else x
+
+
+def _logits(model: keras.Model, h: Any) -> Any:
+    """The next-word logits of final hidden states `h` (after final_norm): the `logits` layer,
+    or, tied, the embedding reversed (after `output_project` where its width is not units)."""
+    if not isinstance(model.get_layer("embedding"), TiedEmbedding):
+        return model.get_layer("logits")(h)
+    return model.get_layer("embedding")(_optional(model, "output_project", h), reverse=True)
+
+
+def _blocks(model: keras.Model, kind: str = "decoder") -> list[Block]:
+    return sorted((layer for layer in model.layers if layer.name.startswith(f"{kind}_block_")),
                   key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
 
 
 LAYERS = ("grid_norm", "grid_project", "grid_positions", "embedding", "token_positions",
-          "final_norm", "logits")
+          "final_norm")
 
 
 class TransformerStepper:
@@ -229,7 +277,7 @@ class TransformerStepper:
     def __init__(self, model: keras.Model, cache: bool = True):
         self.model, self.cache = model, cache
         positions, channels = model.input_shape[0][1:]
-        blocks = _decoder_blocks(model)
+        blocks = _blocks(model)
         self.length = model.get_layer("token_positions").length
         self.heads, units = blocks[0].heads, blocks[0].units
         self.size = units // self.heads
@@ -240,10 +288,9 @@ class TransformerStepper:
 
         token = keras.Input((), dtype="int32")
         slot = keras.Input((self.length,))  # one-hot position of this word
-        memory_kv = [keras.Input((self.heads, positions, self.size)) for _ in range(2 * len(
-            blocks))]
-        caches = [keras.Input((self.heads, self.length, self.size)) for _ in range(2 * len(
-            blocks))]
+        pairs = range(2 * len(blocks))  # the keys and the values of each block
+        memory_kv = [keras.Input((self.heads, positions, self.size)) for _ in pairs]
+        caches = [keras.Input((self.heads, self.length, self.size)) for _ in pairs]
         x = _embed(model, ops.expand_dims(token, 1)) + model.get_layer("token_positions").at(
             slot)
         new_caches = []
@@ -251,7 +298,7 @@ class TransformerStepper:
             x, k, v = block.step(x, slot, caches[2 * i], caches[2 * i + 1], memory_kv[2 * i],
                                  memory_kv[2 * i + 1])
             new_caches += [k, v]
-        logits = model.get_layer("logits")(model.get_layer("final_norm")(x))[:, 0]
+        logits = _logits(model, model.get_layer("final_norm")(x))[:, 0]
         self.step_model = keras.Model([token, slot, *memory_kv, *caches],
                                       [logits, *new_caches])
 
@@ -280,22 +327,15 @@ class TransformerStepper:
 
 
 def _embed(model: keras.Model, tokens: Any) -> Any:
-    x = model.get_layer("embedding")(tokens)
-    names = [layer.name for layer in model.layers]
-    return model.get_layer("token_project")(x) if "token_project" in names else x
+    return _optional(model, "token_project", model.get_layer("embedding")(tokens))
 
 
 def _memory(model: keras.Model, grid: Any) -> Any:
     x = model.get_layer("grid_positions")(model.get_layer("grid_project")(
         model.get_layer("grid_norm")(grid)))
-    encoders = sorted((layer for layer in model.layers
-                       if layer.name.startswith("encoder_block_")),
-                      key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
-    for block in encoders:
+    for block in _blocks(model, "encoder"):
         x = block(x)
-    if encoders:
-        x = model.get_layer("memory_norm")(x)
-    return x
+    return _optional(model, "memory_norm", x)  # (there with encoder blocks)
 
 
 class Transformer:
@@ -309,6 +349,7 @@ class Transformer:
               max_length: int = 40) -> keras.Model:
         settings = config.transformer
         units, channels = settings.units, int(stats.mean.shape[-1])
+        rate = config.dropout if settings.dropout is None else settings.dropout
         grid = keras.Input((positions, channels), name="image")
         tokens = keras.Input((None,), dtype="int32", name="tokens")
 
@@ -317,7 +358,7 @@ class Transformer:
         x = layers.Dense(units, name="grid_project")(x)
         memory = Positions(positions, units, name="grid_positions")(x)
         for i in range(settings.encoder_layers):
-            memory = Block(units, settings.heads, settings.ff_units, config.dropout,
+            memory = Block(units, settings.heads, settings.ff_units, rate,
                            causal=False, cross=False, name=f"encoder_block_{i}")(memory)
         if settings.encoder_layers:
             memory = layers.LayerNormalization(epsilon=1e-5, name="memory_norm")(memory)
@@ -325,20 +366,26 @@ class Transformer:
         width = embedding_matrix.shape[1] if embedding_matrix is not None \
             else config.embedding_dim
         trainable = config.train_embedding or embedding_matrix is None
-        embedding = layers.Embedding(vocab_size, width, trainable=trainable, name="embedding")
+        # Tied, a frozen matrix (train_embedding: false) freezes the output too; its bias trains.
+        embedding = (TiedEmbedding(vocab_size, width, trainable, name="embedding")
+                     if settings.tie_embeddings else
+                     layers.Embedding(vocab_size, width, trainable=trainable, name="embedding"))
         y = embedding(tokens)
         if width != units:
             y = layers.Dense(units, name="token_project")(y)
         y = Positions(max_length, units, name="token_positions")(y)
-        y = layers.Dropout(config.dropout, name="token_dropout")(y)
+        y = layers.Dropout(rate, name="token_dropout")(y)
         for i in range(settings.layers):
-            y = Block(units, settings.heads, settings.ff_units, config.dropout, causal=True,
+            y = Block(units, settings.heads, settings.ff_units, rate, causal=True,
                       cross=True, name=f"decoder_block_{i}")(y, memory)
         y = layers.LayerNormalization(epsilon=1e-5, name="final_norm")(y)
-        logits = layers.Dense(vocab_size, dtype="float32", name="logits")(y)
+        if settings.tie_embeddings and width != units:
+            y = layers.Dense(width, name="output_project")(y)
+        logits = embedding(y, reverse=True) if settings.tie_embeddings else layers.Dense(
+            vocab_size, dtype="float32", name="logits")(y)
         model = keras.Model([grid, tokens], logits, name=model_name("transformer"))
         if embedding_matrix is not None:
-            embedding.set_weights([embedding_matrix.astype("float32")])
+            embedding.embeddings.assign(embedding_matrix.astype("float32"))
         return model
 
     @staticmethod
@@ -347,9 +394,7 @@ class Transformer:
 
     @staticmethod
     def problem(model: keras.Model) -> str | None:
-        missing = missing_layers(model, LAYERS)
-        if missing:
-            return missing
-        if not _decoder_blocks(model):
-            return "it has no decoder_block_0 layer"
-        return None
+        # A tied model's logits come from its embedding (a TiedEmbedding), not a logits layer.
+        tied = any(isinstance(layer, TiedEmbedding) for layer in model.layers)
+        missing = missing_layers(model, LAYERS + (() if tied else ("logits",)))
+        return missing or (None if _blocks(model) else "it has no decoder_block_0 layer")

@@ -16,6 +16,7 @@ from captioning.models.build import (
     masked_loss,
     step_decoder,
 )
+from captioning.models.transformer import TransformerStepper
 
 VOCAB, DIM, UNITS = 40, 24, 16
 
@@ -68,20 +69,32 @@ GRID_DECODERS = {"attention": {"attention": {"units": 12}},
 def grid_model(decoder: str, dropout: float = 0.5, **settings):
     rng = np.random.default_rng(2)
     mean, var = rng.normal(size=DIM).astype("float32"), rng.uniform(0.5, 2, DIM).astype("float32")
-    config = ModelConfig(decoder=decoder, lstm_units=UNITS, embedding_dim=12, dropout=dropout,
-                         **{**GRID_DECODERS[decoder], **settings})
+    config = ModelConfig(**{"decoder": decoder, "lstm_units": UNITS, "embedding_dim": 12,
+                            "dropout": dropout, **GRID_DECODERS[decoder], **settings})
     return build_model(config, VOCAB, mean, var, positions=POSITIONS, max_length=12)
 
 
-@pytest.mark.parametrize("decoder", ["merge", *GRID_DECODERS])
+# Grid models whose output layer is their word embeddings, 16 wide as the Transformer's units,
+# or 12 (the final hidden state projected to 12 first).
+TIED = {"transformer": {**GRID_DECODERS["transformer"]["transformer"], "tie_embeddings": True}}
+GRID_VARIANTS = {"attention": ("attention", {}), "transformer": ("transformer", {}),
+                 "transformer, tied": ("transformer", {**TIED, "embedding_dim": 16}),
+                 "transformer, tied, projected": ("transformer", TIED)}
+
+
+@pytest.mark.parametrize(("variant", "cache"), [
+    ("merge", True), *((variant, True) for variant in GRID_VARIANTS),
+    *((variant, False) for variant in GRID_VARIANTS if variant.startswith("transformer"))])
 def test_step_decoding_reproduces_the_teacher_forced_next_word_distributions(model_and_data,
-                                                                             decoder):
-    _, merge, features, tokens, lengths, _ = model_and_data
-    model = merge if decoder == "merge" else grid_model(decoder)
-    if decoder != "merge":
+                                                                             variant, cache):
+    """cache=False: the Transformer's stepper that recomputes the prefix at every word."""
+    _, model, features, tokens, lengths, _ = model_and_data
+    if variant != "merge":
+        decoder, settings = GRID_VARIANTS[variant]
+        model = grid_model(decoder, **settings)
         features = np.random.default_rng(3).normal(size=(5, POSITIONS, DIM)).astype("float32")
     forced = softmax(np.asarray(model.predict_on_batch([features, tokens])))
-    stepper = step_decoder(model)
+    stepper = step_decoder(model) if cache else TransformerStepper(model, cache=False)
     context, state = stepper.start(features)
     for t in range(max(lengths)):
         logits, state = stepper.step(context, tokens[:, t], state)
@@ -142,18 +155,24 @@ def test_every_decoder_file_is_in_the_registry_and_the_config_takes_its_name():
         assert ModelConfig(decoder=name).decoder == name
 
 
-@pytest.mark.parametrize("decoder", sorted(GRID_DECODERS))
-def test_grid_decoders_train_under_mixed_precision(decoder):
+@pytest.mark.parametrize("variant", list(GRID_VARIANTS))
+def test_grid_decoders_train_under_mixed_precision(variant):
     from captioning.models.build import precision
 
+    decoder, settings = GRID_VARIANTS[variant]
     with precision("mixed_bfloat16"):
-        model = compile_model(grid_model(decoder), TrainConfig())
+        model = compile_model(grid_model(decoder, **settings), TrainConfig())
     rng = np.random.default_rng(4)
     grid = rng.normal(size=(4, POSITIONS, DIM)).astype("float32")
     tokens = rng.integers(4, VOCAB, size=(4, 6)).astype("int32")
     loss = model.train_on_batch({"image": grid, "tokens": tokens}, np.roll(tokens, -1, axis=1))
     assert np.isfinite(np.ravel(loss)[0])
-    assert model.get_layer("logits").compute_dtype == "float32"
+    assert model.get_layer("embedding").compute_dtype == "bfloat16"  # the model runs in bf16,
+    # but its logits are float32, whether a logits layer or the tied embedding gives them.
+    assert model.output.dtype == "float32"
+    assert model.predict_on_batch([grid, tokens]).dtype == np.float32
+    if "tied" not in variant:
+        assert model.get_layer("logits").compute_dtype == "float32"
 
 
 def test_each_decoder_is_built_from_its_own_config_section():
