@@ -121,6 +121,36 @@ def beam_search(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, width
     return results
 
 
+def sample(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, count: int,
+           max_length: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` captions per row of `features`, each word drawn from the model's distribution
+    (multinomial), all images and samples advancing together as beams do.
+
+    Returns (images * count, steps) token ids, row i * count + j the j-th caption of image i:
+    the words and then endseq (absent if the caption ran to max_length - 2 words), padded
+    with 0 after it.
+    """
+    rows = np.repeat(np.arange(len(features)), count)
+    context, state = decoder.start(features)
+    context, state = _rows(context, rows), _rows(state, rows)
+    tokens = np.full(len(rows), vocab.start_id, "int32")
+    finished = np.zeros(len(rows), bool)
+    steps: list[np.ndarray] = []
+    for _ in range(max_length - 2):  # max_length counts startseq and endseq
+        logits, state = decoder.step(context, tokens, state)
+        logits = logits.astype("float64")
+        logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf  # never words of a caption
+        # The Gumbel-max trick: the argmax of logits plus Gumbel noise is a draw from their
+        # softmax, for every row at once.
+        tokens = (logits - np.log(-np.log(rng.uniform(1e-12, 1.0, logits.shape)))
+                  ).argmax(axis=-1).astype("int32")
+        steps.append(np.where(finished, vocab.pad_id, tokens))
+        finished |= tokens == vocab.end_id
+        if finished.all():
+            break
+    return np.stack(steps, axis=1).astype("int32")
+
+
 def generate(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, *,
              beam_width: int = 1, max_length: int = 40, batch_size: int = 256,
              attention: list[np.ndarray] | None = None) -> list[str]:

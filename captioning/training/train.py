@@ -38,14 +38,23 @@ from captioning.data.batches import CaptionBatches, encode_captions
 from captioning.data.prepare import Prepared, prepare
 from captioning.errors import DatasetError
 from captioning.evaluation.figures import attention_figure
+from captioning.evaluation.reward import CiderReward
 from captioning.evaluation.scores import caption_scores, strip_markers
 from captioning.features.cache import FeatureSet, image_inputs
-from captioning.models.build import build_model, compile_model, precision, step_decoder
+from captioning.models.build import (
+    MaskedLoss,
+    build_model,
+    compile_model,
+    compile_scst,
+    precision,
+    step_decoder,
+)
 from captioning.models.decoding import generate
 from captioning.models.embeddings import load_vectors, spacy_embedding_matrix
 from captioning.models.protocol import Stepper
 from captioning.models.registry import decoder_named
 from captioning.training.checkpoints import MANIFEST, manifest_writer
+from captioning.training.scst import ScstStep, StepTimes, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +122,8 @@ class _EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
+        logs.setdefault("scst", 0.0)
+        logs.setdefault("learning_rate", _learning_rate(self.model))
         if self.score_images:
             self.decoder = self.decoder or step_decoder(self.model)
             captions = generate(self.decoder, self.prepared.vocab,
@@ -175,6 +186,11 @@ class _EpochEnd(keras.callbacks.Callback):
         return f"the previous checkpoint (best epoch {best}, last epoch {last}) is intact"
 
 
+def _learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate now (a schedule's, at the steps taken)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
 def _json(data: object) -> Writer:
     return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -223,6 +239,9 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
     features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
 
     done: list[dict[str, float]] = []
+    batch = config.train.batch_size
+    train_batches = CaptionBatches(features, train_rows, train_seqs, batch, shuffle=True,
+                                   seed=config.train.seed)
     if resume and (model_dir / "last.keras").is_file() and (model_dir / "history.json").is_file():
         model = keras.saving.load_model(model_dir / "last.keras", safe_mode=True)
         done = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
@@ -236,11 +255,8 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
         model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
                             positions=prepared.features.positions if grid else None,
                             max_length=max(length, config.decode.max_length))
-        compile_model(model, config.train)
+        compile_model(model, config.train, config.train.epochs * len(train_batches))
 
-    batch = config.train.batch_size
-    train_batches = CaptionBatches(features, train_rows, train_seqs, batch, shuffle=True,
-                                   seed=config.train.seed)
     val_batches = (CaptionBatches(features, val_rows, val_seqs, batch, shuffle=False)
                    if val_seqs else None)
     epoch_end = _EpochEnd(config, prepared, model_dir, on_epoch)
@@ -253,13 +269,63 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
                                             patience=config.train.patience)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    if len(done) < config.train.epochs:
+    scst_done = sum(1 for epoch in done if epoch.get("scst"))
+    if not scst_done and len(done) < config.train.epochs:
+        fit_batches, fit_val = train_batches, val_batches
         if keras.backend.backend() == "tensorflow":  # batches made in the graph, ahead
-            train_batches = train_batches.tf_dataset()
-            val_batches = val_batches.tf_dataset() if val_batches is not None else None
-        model.fit(train_batches, validation_data=val_batches, epochs=config.train.epochs,
+            fit_batches = train_batches.tf_dataset()
+            fit_val = val_batches.tf_dataset() if val_batches is not None else None
+        model.fit(fit_batches, validation_data=fit_val, epochs=config.train.epochs,
                   initial_epoch=len(done), callbacks=[epoch_end, stopper], verbose=verbose,
                   shuffle=False)
+    stopped_early = stopper.stopped_epoch > 0
+    if scst_done < config.train.scst.epochs:
+        if not scst_done:  # from the best cross-entropy epoch, with an optimizer of its own
+            model = compile_scst(keras.saving.load_model(model_dir / "model.keras",
+                                                         compile=False, safe_mode=True),
+                                 config.train)
+        stopped_early = _scst_stage(config, prepared, model, features, val_batches,
+                                    epoch_end, scst_done, verbose) or stopped_early
     assert epoch_end.best is not None
-    return TrainResult(model_dir, epoch_end.best, epoch_end.history,
-                       stopped_early=stopper.stopped_epoch > 0)
+    return TrainResult(model_dir, epoch_end.best, epoch_end.history, stopped_early)
+
+
+def _scst_stage(config: ExperimentConfig, prepared: Prepared, model: keras.Model,
+                features: np.ndarray, val_batches: CaptionBatches | None,
+                epoch_end: _EpochEnd, done: int, verbose: int) -> bool:
+    """The SCST epochs after `done` of them (training/scst.py), each scored and kept as a
+    cross-entropy epoch is; True if early stopping ended them."""
+    settings = config.train.scst
+    names = sorted(prepared.dataset.splits["train"])
+    reward = CiderReward({name: prepared.dataset.captions[name] for name in names})
+    step = ScstStep(model, step_decoder(model), prepared.vocab, reward, settings)
+    epoch_end.set_model(model)
+    epoch_end.decoder = None  # the stepper of this model, not of the cross-entropy one
+    val_loss = MaskedLoss(config.train.label_smoothing)
+    batch, first = config.train.batch_size, len(epoch_end.history)
+    best_at = first  # early stopping's patience starts afresh, as on resume
+    for epoch in range(first, first + settings.epochs - done):
+        rng = np.random.default_rng([config.train.seed, epoch])
+        order = rng.permutation(len(names))
+        step.times = StepTimes()
+        bar = keras.utils.Progbar(-(-len(names) // batch), verbose=verbose,
+                                  stateful_metrics=["reward"])
+        if verbose:
+            print(f"Epoch {epoch + 1}/{config.train.total_epochs} (SCST)")
+        for start in range(0, len(names), batch):
+            chosen = [names[i] for i in sorted(order[start:start + batch])]
+            rows = [prepared.features.index[name] for name in chosen]
+            loss = step(np.asarray(features[rows], "float32"), chosen, rng)
+            bar.add(1, [("loss", loss), ("reward", step.times.rewards[-1])])
+        times = step.times
+        log.info("SCST epoch %d: sampling %.1f s, reward %.1f s, update %.1f s (%d steps)",
+                 epoch + 1, times.sampling, times.reward, times.update, times.steps)
+        before = epoch_end.best
+        epoch_end.on_epoch_end(epoch, {
+            "loss": float(np.mean(times.losses)), "reward": float(np.mean(times.rewards)),
+            "scst": 1.0, **validation_metrics(model, val_batches, val_loss)})
+        if epoch_end.best is not before:
+            best_at = epoch + 1
+        if epoch + 1 - best_at >= config.train.patience:
+            return True
+    return False

@@ -36,7 +36,7 @@ from captioning.tracking.client import check_reachable, resolve_tracking_uri, tr
 from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
 from captioning.training.backend import training_backend
 from captioning.tune import search_space as spaces
-from captioning.tune.mlflow_callback import MlflowTrials, finished
+from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_encoder_files, check_gpus
 from captioning.tune.resume import CheckpointKeeper, keep_only_latest, repair_state
 from captioning.tune.trainable import train_trial, trial_dirname
@@ -131,7 +131,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
     # for --resume: a trial is done only if it said so, reported its last epoch, or failed.
     unfinished = config.sweep.num_samples - sum(
-        finished(result.metrics, result.error is not None, config.train.epochs)
+        finished(result.metrics, result.error is not None, trial_epochs(base, result.config))
         for result in results)
     if unfinished > 0:
         tracker.interrupted()
@@ -231,7 +231,7 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
         "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
         "max_concurrent_trials": config.sweep.max_concurrent_trials,
         "sampler": f"optuna TPESampler(seed={config.train.seed})",
-        "scheduler": (f"ASHA(max_t={config.train.epochs}, grace_period="
+        "scheduler": (f"ASHA(max_t={_most_epochs(config, space)}, grace_period="
                       f"{config.sweep.grace_period}, reduction_factor="
                       f"{config.sweep.reduction_factor})"),
         "metric": config.sweep.metric, "mode": config.sweep.mode,
@@ -241,12 +241,19 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
     }
 
 
+def _most_epochs(config: ExperimentConfig, space: spaces.SearchSpace) -> int:
+    """The most epochs any trial can report: ASHA's max_t."""
+    return (max(space.values("train.epochs", config.train.epochs))
+            + max(space.values("train.scst.epochs", config.train.scst.epochs)))
+
+
 def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpace,
                storage_path: str, callbacks: list[tune.Callback]) -> tune.Tuner:
     """Optuna's TPE draws each trial from the space; ASHA stops the poor ones early."""
     searcher = OptunaSearch(space=space.define_by_run, metric=config.sweep.metric,
                             mode=config.sweep.mode, sampler=TPESampler(seed=config.train.seed))
-    scheduler = ASHAScheduler(max_t=config.train.epochs, grace_period=config.sweep.grace_period,
+    scheduler = ASHAScheduler(max_t=_most_epochs(config, space),
+                              grace_period=config.sweep.grace_period,
                               reduction_factor=config.sweep.reduction_factor,
                               time_attr="training_iteration")
     return tune.Tuner(

@@ -37,6 +37,11 @@ def finished(last_result: dict[str, Any] | None, failed: bool, max_epochs: int) 
     return failed or bool(result.get("done")) or int(result.get("epoch", 0)) >= max_epochs
 
 
+def trial_epochs(base: dict[str, Any], drawn: dict[str, Any] | None) -> int:
+    """The most epochs a trial reports: cross-entropy and SCST, as its draw has them."""
+    return spaces.apply(base, drawn or {}).train.total_epochs
+
+
 class MlflowTrials(tune.Callback):
     """Mirrors Ray's trial lifecycle into MLflow runs nested under the sweep's parent run.
 
@@ -56,7 +61,7 @@ class MlflowTrials(tune.Callback):
                  dataset: Any = None):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.base, self.dataset = base, dataset  # dataset: the MLflow input every trial logs
-        self.max_epochs = int(base["train"]["epochs"])
+        self.max_epochs = int(base["train"]["epochs"])  # of sweeps saved before SCST
         self.pending: list[tuple[str, str, Any]] = []  # (kind, trial id, payload), in order
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
         self._tracker: SweepTracker | None = None
@@ -107,11 +112,13 @@ class MlflowTrials(tune.Callback):
             checkpoint = payload["checkpoint"]  # Ray keeps a finished trial's last checkpoint
             if checkpoint is None:
                 self.tracker.finish_trial(run_id, None, epochs_run=payload["epochs"],
-                                          max_epochs=self.max_epochs)
+                                          max_epochs=payload.get("max_epochs",
+                                                                 self.max_epochs))
                 return
             with checkpoint.as_directory() as folder:
                 self.tracker.finish_trial(run_id, Path(folder), epochs_run=payload["epochs"],
-                                          max_epochs=self.max_epochs)
+                                          max_epochs=payload.get("max_epochs",
+                                                                 self.max_epochs))
         elif kind == "fail":
             self.tracker.fail_trial(run_id, payload)
 
@@ -164,8 +171,8 @@ class MlflowTrials(tune.Callback):
             self.flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if not all(finished(trial.last_result, trial.status == "ERROR", self.max_epochs)
-                   for trial in trials):
+        if not all(finished(trial.last_result, trial.status == "ERROR",
+                            trial_epochs(self.base, trial.config)) for trial in trials):
             # Stopped by Ctrl-C: one try, no wait; --resume sends what is left.
             self.flush()
             return
@@ -187,7 +194,8 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self._queue("finish", trial, {"checkpoint": trial.checkpoint, "epochs": epochs})
+        self._queue("finish", trial, {"checkpoint": trial.checkpoint, "epochs": epochs,
+                                      "max_epochs": trial_epochs(self.base, trial.config)})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = ""
