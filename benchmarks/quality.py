@@ -13,8 +13,15 @@ kept), with these rows:
   attention, transformer  the other decoders (--decoders), on the encoder's feature maps, at
                           the same budget (epochs, early stopping), with --set for their own
 
-It also prints the encoder's extraction speed (images/s, from an empty cache) and the seconds
-per training epoch (training, validation loss and scoring the validation captions).
+  ... + SCST               with --scst-epochs N: each trained row's model continued by N
+                          epochs of self-critical sequence training (train.scst), from its
+                          best cross-entropy epoch, the best epoch by validation kept
+
+Each row also says how many of its test captions are distinct and their mean length in words
+(SCST is known to shorten and repeat captions). It prints the encoder's extraction speed
+(images/s, from an empty cache) and the median seconds per training epoch (training,
+validation loss and scoring the validation captions), for SCST split into sampling, reward
+and update.
 
     .venv/bin/python benchmarks/quality.py --data-root ../shared/data/flickr8k-dev \\
         --encoder mobilenet --alpha 0.25 \\
@@ -29,6 +36,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -118,8 +126,42 @@ def nearest_neighbour(prepared: Prepared) -> dict[str, str]:
     return {name: consensus[train[j]] for name, j in zip(test, nearest, strict=True)}
 
 
+def caption_stats(predictions: dict[str, str]) -> dict[str, float]:
+    """How many of the captions are distinct, and their mean length in words."""
+    captions = list(predictions.values())
+    return {"distinct": len(set(captions)),
+            "length": float(np.mean([len(c.split()) for c in captions]))}
+
+
 def row(label: str, decode: str, scores: dict[str, float]) -> str:
-    return f"{label:<32} {decode:<7} " + " ".join(f"{scores[k]:>7.4f}" for k in SCORE_NAMES)
+    return (f"{label:<40} {decode:<7} " + " ".join(f"{scores[k]:>7.4f}" for k in SCORE_NAMES)
+            + f" {scores['distinct']:>8d} {scores['length']:>6.2f}")
+
+
+def scored(refs: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+    return {**caption_scores(refs, predictions), **caption_stats(predictions)}
+
+
+def test_rows(label: str, model_dir: Path, prepared: Prepared, grid: bool,
+              refs: dict[str, list[str]]) -> list[tuple[str, str, dict[str, float]]]:
+    """`label`'s greedy and beam-3 rows on the test split, for the model in `model_dir`."""
+    captioner = Captioner.load(model_dir)
+    names = prepared.dataset.splits["test"]
+    features = image_inputs(prepared.features, names, grid)
+    return [(label, "greedy" if beam == 1 else f"beam {beam}",
+             scored(refs, dict(zip(names, captioner.caption_features(features, beam),
+                                   strict=True))))
+            for beam in (1, 3)]
+
+
+def timed_training(run: ExperimentConfig, model_dir: Path, prepared: Prepared, resume: bool
+                   ) -> tuple[object, float]:
+    """Train `run` into `model_dir`; the result and the median seconds of its new epochs."""
+    stamps = [time.perf_counter()]
+    trained = train_captioner(run, model_dir=model_dir, prepared=prepared, verbose=0,
+                              resume=resume, on_epoch=lambda *_: stamps.append(
+                                  time.perf_counter()))
+    return trained, float(np.median(np.diff(stamps)))
 
 
 def main() -> int:
@@ -148,6 +190,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="[DECODER:]KEY=VALUE",
                         help="an experiment key for every trained row, or for one decoder's, "
                              "e.g. attention:train.learning_rate=0.0005")
+    parser.add_argument("--scst-epochs", type=int, default=0,
+                        help="continue each trained row by this many SCST epochs (a second "
+                             "row; its settings by --set train.scst.KEY=VALUE)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for every figure")
     args = parser.parse_args()
 
@@ -169,10 +214,10 @@ def main() -> int:
               f"{summary['test']} train / val / test images, vocabulary {summary['vocabulary']}")
         refs = references(prepared, "test")
         predictions, caption = most_frequent(prepared)
-        results = [("most frequent caption", "-", caption_scores(refs, predictions))]
+        results = [("most frequent caption", "-", scored(refs, predictions))]
         print(f"most frequent training caption: {caption!r}")
         results.append(("nearest neighbour (cosine)", "-",
-                        caption_scores(refs, nearest_neighbour(prepared))))
+                        scored(refs, nearest_neighbour(prepared))))
         for decoder in args.decoders:
             settings = [o.split(":", 1)[1] for o in args.set if o.startswith(f"{decoder}:")]
             recipe = apply_overrides(config.to_dict(), [f"model.decoder={decoder}", *settings,
@@ -181,32 +226,42 @@ def main() -> int:
             for seed in args.seeds:
                 run = parse_config(apply_overrides(recipe, [f"train.seed={seed}"]))
                 label = "seed recipe" if decoder == "merge" else decoder
-                stamps = [time.perf_counter()]
-                trained = train_captioner(run, model_dir=work / f"{cleaning}-{decoder}-{seed}",
-                                          prepared=prepared, verbose=0,
-                                          on_epoch=lambda *_, times=stamps: times.append(
-                                              time.perf_counter()))
-                per_epoch = np.diff(stamps)
-                captioner = Captioner.load(trained.model_dir)
-                features = image_inputs(prepared.features, prepared.dataset.splits["test"],
-                                        run.model.grid)
+                model_dir = work / f"{cleaning}-{decoder}-{seed}"
+                trained, seconds = timed_training(run, model_dir, prepared, resume=False)
                 kept = int(trained.best["epoch"])
                 print(f"{label}, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
-                      f"{run.train.monitor}; {np.median(per_epoch):.1f} s per epoch (median; "
+                      f"{run.train.monitor}; {seconds:.1f} s per epoch (median; "
                       f"{len(prepared.dataset.splits['train']) * 5} captions)", flush=True)
-                for beam in (1, 3):
-                    names = prepared.dataset.splits["test"]
-                    predicted = captioner.caption_features(features, beam)
-                    results.append((f"{label} (seed {seed}, epoch {kept})",
-                                     "greedy" if beam == 1 else f"beam {beam}",
-                                     caption_scores(refs, dict(zip(names, predicted,
-                                                                   strict=True)))))
-                report["rows"].append({"cleaning": cleaning, "decoder": decoder, "seed": seed,
-                                       "kept_epoch": kept, "epochs": len(trained.history),
-                                       "seconds_per_epoch": float(np.median(per_epoch)),
-                                       "history": trained.history})
-        header = f"{'row':<32} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
-            "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L"))
+                results += test_rows(f"{label} (seed {seed}, epoch {kept})", model_dir,
+                                     prepared, run.model.grid, refs)
+                entry = {"cleaning": cleaning, "decoder": decoder, "seed": seed,
+                         "recipe": settings + [o for o in args.set if ":" not in
+                                               o.split("=", 1)[0]],
+                         "kept_epoch": kept, "epochs": len(trained.history),
+                         "seconds_per_epoch": seconds, "history": trained.history}
+                if args.scst_epochs:
+                    scst_dir = model_dir.with_name(model_dir.name + "-scst")
+                    shutil.copytree(model_dir, scst_dir)
+                    scst_run = parse_config(apply_overrides(run.to_dict(), [
+                        f"train.scst.epochs={args.scst_epochs}"]))
+                    tuned, scst_seconds = timed_training(scst_run, scst_dir, prepared,
+                                                         resume=True)
+                    stages = [e for e in tuned.history if e.get("scst")]
+                    split = {k: float(np.median([e[k] for e in stages])) for k in
+                             ("sampling_seconds", "reward_seconds", "update_seconds")}
+                    scst_kept = int(tuned.best["epoch"])
+                    print(f"{label} + SCST, seed {seed}: kept epoch {scst_kept} of "
+                          f"{len(tuned.history)}; {scst_seconds:.1f} s per SCST epoch (median; "
+                          + ", ".join(f"{k.split('_')[0]} {v:.1f} s" for k, v in split.items())
+                          + "); mean reward " + " ".join(f"{e['reward']:.3f}" for e in stages),
+                          flush=True)
+                    results += test_rows(f"{label} + SCST (seed {seed}, epoch {scst_kept})",
+                                         scst_dir, prepared, run.model.grid, refs)
+                    entry.update(scst_kept_epoch=scst_kept, scst_seconds_per_epoch=scst_seconds,
+                                 scst_split=split, scst_history=tuned.history)
+                report["rows"].append(entry)
+        header = f"{'row':<40} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
+            "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L")) + " distinct length"
         words = "one-letter words kept" if cleaning == "papers" else "one-letter words dropped"
         lines += [f"\n{cleaning} cleaning ({words}), test split, {summary['test']} images:",
                   header, "-" * len(header), *(row(*r) for r in results)]

@@ -13,9 +13,12 @@ from typing import Literal
 SCORE_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
 # What one epoch of training reports (and every trial logs to MLflow), per step = epoch.
 # In an SCST epoch (train.scst), `scst` is 1 (else 0), `loss` the policy-gradient loss and
-# `reward` the sampled captions' mean CIDEr-D against the training references.
+# `reward` the sampled captions' mean CIDEr-D against the training references, and the
+# epoch's seconds split into sampling, reward and update.
+SCST_SECONDS = ("sampling_seconds", "reward_seconds", "update_seconds")
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy",
-                 *(f"val_{name}" for name in SCORE_NAMES), "learning_rate", "scst", "reward")
+                 *(f"val_{name}" for name in SCORE_NAMES), "learning_rate", "scst", "reward",
+                 *SCST_SECONDS)
 # What a run keeps its best epoch by (train.monitor) and a sweep ranks trials by (sweep.metric).
 RankingMetric = Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"]
 LOWER_IS_BETTER = ("loss", "val_loss")

@@ -13,6 +13,11 @@ The best epoch (by train.monitor) is kept as a model directory:
     metrics.json  the best epoch's metrics; history.json every epoch's
     checkpoint.json  the epoch and every file's SHA-256, so a copy can be checked whole
 
+With `train.scst.epochs`, self-critical sequence training (training/scst.py) follows the
+cross-entropy epochs: it starts from the best of them with an optimizer of its own and goes
+on in the same history, so early stopping, the kept epoch, MLflow, ASHA and resume treat its
+epochs as further epochs (`scst` is 1 in theirs).
+
 An epoch's files are written under temp names first and renamed into place only once all are
 written, so the directory never mixes two epochs: if the disk fills, WriteError names the file
 and the previous epoch's checkpoint is left as it was.
@@ -186,6 +191,16 @@ class _EpochEnd(keras.callbacks.Callback):
         return f"the previous checkpoint (best epoch {best}, last epoch {last}) is intact"
 
 
+def _patience_ran_out(config: ExperimentConfig, done: list[dict[str, float]]) -> bool:
+    """Whether early stopping had ended the cross-entropy epochs in `done` (a resume then
+    goes on to SCST rather than training them further)."""
+    scores = [epoch.get(config.train.monitor) for epoch in done]
+    if not scores or None in scores:
+        return False
+    best = (np.argmin if config.train.monitor_mode == "min" else np.argmax)(scores)
+    return len(done) - (int(best) + 1) >= config.train.patience
+
+
 def _learning_rate(model: keras.Model) -> float:
     """The optimizer's learning rate now (a schedule's, at the steps taken)."""
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -270,7 +285,7 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     scst_done = sum(1 for epoch in done if epoch.get("scst"))
-    if not scst_done and len(done) < config.train.epochs:
+    if not scst_done and not _patience_ran_out(config, done) and len(done) < config.train.epochs:
         fit_batches, fit_val = train_batches, val_batches
         if keras.backend.backend() == "tensorflow":  # batches made in the graph, ahead
             fit_batches = train_batches.tf_dataset()
@@ -323,7 +338,8 @@ def _scst_stage(config: ExperimentConfig, prepared: Prepared, model: keras.Model
         before = epoch_end.best
         epoch_end.on_epoch_end(epoch, {
             "loss": float(np.mean(times.losses)), "reward": float(np.mean(times.rewards)),
-            "scst": 1.0, **validation_metrics(model, val_batches, val_loss)})
+            "scst": 1.0, "sampling_seconds": times.sampling, "reward_seconds": times.reward,
+            "update_seconds": times.update, **validation_metrics(model, val_batches, val_loss)})
         if epoch_end.best is not before:
             best_at = epoch + 1
         if epoch + 1 - best_at >= config.train.patience:

@@ -2,10 +2,12 @@
 the project uses: the model and decoding tests run again on the one this process does not use
 (TensorFlow by default; JAX trains long runs on a CPU: captioning/training/backend.py).
 Keras fixes its backend when it is first imported, so the other backend needs a process of
-its own: the two files run again there, in a nested pytest."""
+its own: those files (and SCST's, whose policy-gradient step is the same Keras model) run
+again there, in a nested pytest."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +30,7 @@ def test_model_equivalence_and_decoding_tests_pass_on_the_other_backend():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/unit/models/test_build.py", "tests/unit/models/test_decoding.py",
+         "tests/unit/training/test_scst.py", "tests/unit/training/test_recipe.py",
          "--deselect", "tests/unit/models/test_build.py::"
          "test_every_decoder_file_is_in_the_registry_and_the_config_takes_its_name"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -64,10 +67,14 @@ def test_captioning_train_starts_again_on_jax_and_trains_there(sample_root, tmp_
          "--set=train.score_images=5", "--set=model.lstm_units=32",
          "--set=model.embedding_dim=16", "--set=train.batch_size=64",
          "--set=encoder.name=mobilenet", "--set=encoder.alpha=0.25",
-         "--set=encoder.image_size=64"],
+         "--set=encoder.image_size=64", "--set=train.scst.epochs=1"],
         cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on Keras' jax backend (train.backend: auto)" in result.stdout
     assert f"model saved to {tmp_path / 'm'}" in result.stdout
     assert (tmp_path / "m" / "model.keras").is_file()
+    # Then one SCST epoch, on JAX too, continuing the same history.
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [epoch["scst"] for epoch in history] == [0.0] * (len(history) - 1) + [1.0]
+    assert f"Epoch {len(history)}/11 (SCST)" in result.stdout

@@ -124,6 +124,33 @@ def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
     assert result.best["metrics"]["val_cider"] == 1.0
 
 
+def test_a_sweep_searches_scst_epochs_and_each_trial_runs_them_after_cross_entropy(
+        sample_root, tmp_path, mlflow_server, local_ray):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.scst.epochs:\n  choice: [1, 2]\n"
+                     "train.scst.learning_rate:\n  loguniform: [1.0e-4, 1.0e-3]\n")
+    # Two cross-entropy epochs, then the drawn SCST epochs: ASHA's max_t counts both, and a
+    # grace period that long lets every trial finish.
+    config = experiment(sample_root, tmp_path, mlflow_server, "scst",
+                        f"sweep.search_space={space}", "train.epochs=2", "train.patience=4",
+                        "train.score_images=10", "encoder.image_size=75",
+                        "sweep.grace_period=4", "sweep.max_concurrent_trials=2")
+    result = run_sweep(config, num_samples=2, say=lambda _: None)
+    assert result.trials == 2 and result.errors == 0
+    client = MlflowClient(mlflow_server)
+    assert "max_t=4" in client.get_run(result.parent_run_id).data.params["scheduler"]
+    for run in trial_runs(mlflow_server, "scst", result.parent_run_id):
+        scst_epochs = int(run.data.params["train.scst.epochs"])
+        assert scst_epochs in (1, 2)
+        assert run.data.tags["epochs_run"] == str(2 + scst_epochs)
+        assert run.data.tags["early_stopped"] == "false"
+        stage = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "scst"),
+                                         key=lambda m: m.step)]
+        assert stage == [0.0, 0.0] + [1.0] * scst_epochs
+        rewards = client.get_metric_history(run.info.run_id, "reward")
+        assert sorted(m.step for m in rewards) == list(range(3, 3 + scst_epochs))
+
+
 def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
                                                                      mlflow_server):
     result, tmp = smoke_sweep
@@ -215,7 +242,8 @@ def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
 def test_every_experiment_names_a_valid_search_space(path):
     from captioning.tune.search_space import load_search_space
 
-    config = load_experiment(path)
+    # Random weights: experiments/flickr8k-dev.yaml names a weights file beside the checkout.
+    config = load_experiment(path, ["encoder.weights=none"])
     space = load_search_space(REPO / config.sweep.search_space, config)
     assert space.params
     assert config.train.epochs >= config.sweep.grace_period

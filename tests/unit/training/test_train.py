@@ -12,6 +12,7 @@ import pytest
 from captioning.config.loading import load_experiment
 from captioning.data.dataset import load_dataset
 from captioning.data.prepare import prepare
+from captioning.evaluation.metrics import SCST_SECONDS
 from captioning.models.build import load_keras_model
 from captioning.training.train import train_captioner
 from conftest import REPO, quick_config, small_overrides
@@ -63,6 +64,58 @@ def test_a_resumed_training_continues_after_its_last_epoch(sample_root, tmp_path
     assert optimizer_steps() == 2 * steps_after_two  # Adam's state went on, not from zero
     samples = json.loads((tmp_path / "m" / "samples.json").read_text())
     assert samples and {"image", "prediction", "references"} <= set(samples[0])
+
+
+def test_scst_epochs_continue_the_history_and_a_resume_in_them_loses_none(sample_root,
+                                                                         tmp_path):
+    import keras
+
+    def optimizer_steps() -> int:
+        last = keras.saving.load_model(tmp_path / "m" / "last.keras", safe_mode=True)
+        return int(last.optimizer.iterations)
+
+    def config(scst_epochs: int):
+        return quick_config(sample_root, epochs=2, schedule="warmup_linear", warmup=0.5,
+                            scst={"epochs": scst_epochs, "samples": 3})
+
+    seen = []
+    first = train_captioner(config(1), model_dir=tmp_path / "m", verbose=0,
+                            on_epoch=lambda epoch, metrics, path: seen.append(
+                                (epoch, metrics["scst"])))
+    # Two cross-entropy epochs, then one SCST epoch from the best of them, in one history.
+    assert seen == [(1, 0.0), (2, 0.0), (3, 1.0)]
+    # No teacher-forced training accuracy in an SCST epoch: its loss is the policy gradient's.
+    assert EPOCH_KEYS - {"accuracy"} | {"reward", *SCST_SECONDS} <= set(first.history[2])
+    assert first.history[2]["learning_rate"] == pytest.approx(5e-5)
+    # Warmed up over the first half of the cross-entropy steps, then decayed.
+    assert first.history[0]["learning_rate"] == pytest.approx(0.003)
+    assert first.history[1]["learning_rate"] < 0.003 / 2
+    train_images = len(load_dataset(sample_root).splits["train"])
+    scst_steps = optimizer_steps()  # the SCST optimizer's own: one per batch of 64 images
+    assert scst_steps == -(-train_images // 64)
+
+    seen.clear()
+    resumed = train_captioner(config(2), model_dir=tmp_path / "m", verbose=0, resume=True,
+                              on_epoch=lambda epoch, metrics, path: seen.append(
+                                  (epoch, metrics["scst"])))
+    assert seen == [(4, 1.0)]
+    assert resumed.history[:3] == first.history
+    assert optimizer_steps() == 2 * scst_steps  # the SCST optimizer went on, not from zero
+
+
+def test_a_resume_after_early_stopping_goes_on_to_scst(sample_root, tmp_path):
+    train_captioner(quick_config(sample_root, epochs=2, patience=1), model_dir=tmp_path / "m",
+                    verbose=0)
+    # As if the second epoch had scored below the first: patience 1 has run out.
+    path = tmp_path / "m" / "history.json"
+    history = json.loads(path.read_text())
+    history[0]["val_cider"], history[1]["val_cider"] = 0.5, 0.1
+    path.write_text(json.dumps(history))
+    seen = []
+    train_captioner(quick_config(sample_root, epochs=10, patience=1, scst={"epochs": 1}),
+                    model_dir=tmp_path / "m", verbose=0, resume=True,
+                    on_epoch=lambda epoch, metrics, path: seen.append((epoch, metrics["scst"])))
+    assert seen == [(3, 1.0)]
 
 
 def test_training_stops_early_when_validation_stops_improving(sample_root, tmp_path):
