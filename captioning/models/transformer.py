@@ -4,14 +4,13 @@
         -> encoder_layers x [self-attention, feed-forward]                    the memory
     tokens (batch, time) -> embedding [-> dense(units)] + learned positions
         -> layers x [causal self-attention, cross-attention to the memory, feed-forward]
-        -> layer norm -> dense(vocabulary) logits (batch, time, vocabulary)
-           (tie_embeddings: [dense(embedding width) ->] h @ embedding^T + bias instead)
+        -> layer norm -> dense(vocabulary) logits, or (tie_embeddings) [dense(embedding
+           width) ->] h @ embedding^T + bias: (batch, time, vocabulary)
 
-Every block is pre-norm (x + f(norm(x))), with dropout on each residual branch. Attention is
-written with `keras.ops` so that decoding can keep each layer's keys and values of the words so
-far (`TransformerStepper(cache=True)`): one model call per word, over a cache of fixed size
-(`max_length` slots, later ones masked), so its shapes never change. `cache=False` recomputes
-the whole prefix with the causal mask instead; benchmarks/decode_throughput.py times both.
+Every block is pre-norm (x + f(norm(x))), dropout on each residual branch. Attention uses
+`keras.ops` so decoding keeps each layer's keys and values of the words so far (cache=True):
+one call per word over a fixed-size cache (`max_length` slots, later ones masked); cache=False
+recomputes the prefix under the causal mask. benchmarks/decode_throughput.py times both.
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ class TransformerConfig(Section):
     # Of the residual branches and the token embeddings. None: model.dropout, whose 0.5 was
     # chosen for the seed's LSTM merge model, far above what Transformers use (~0.1).
     dropout: StrictFloat | None = Field(None, ge=0.0, lt=1.0)
-    tie_embeddings: bool = False  # logits = h E^T + b, E the word embeddings (Press & Wolf 2017)
+    # logits = h E^T + b, E the word embeddings (Press & Wolf 2017), trained even if frozen
+    tie_embeddings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_units(self) -> TransformerConfig:
@@ -216,9 +216,8 @@ class Positions(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="captioning")
 class TiedEmbedding(layers.Layer):
-    """Word embeddings (vocabulary, width) that are also the output layer: `call(h,
-    reverse=True)` is h @ embeddings^T + bias, in float32 under any precision policy (as the
-    untied logits layer). `train_embeddings=False` freezes the matrix; the bias always trains."""
+    """Word embeddings (vocabulary, width), also the output layer: `call(h, reverse=True)` is
+    h @ embeddings^T + bias in float32 under any precision (as the untied logits layer)."""
 
     def __init__(self, input_dim: int, output_dim: int, train_embeddings: bool = True,
                  **kwargs: Any):
@@ -365,8 +364,9 @@ class Transformer:
 
         width = embedding_matrix.shape[1] if embedding_matrix is not None \
             else config.embedding_dim
-        trainable = config.train_embedding or embedding_matrix is None
-        # Tied, a frozen matrix (train_embedding: false) freezes the output too; its bias trains.
+        # Tied, the matrix is the output layer too: it trains even with train_embedding: false
+        # (frozen, the logits learnt next to nothing on real photos: docs/quality.md).
+        trainable = config.train_embedding or embedding_matrix is None or settings.tie_embeddings
         embedding = (TiedEmbedding(vocab_size, width, trainable, name="embedding")
                      if settings.tie_embeddings else
                      layers.Embedding(vocab_size, width, trainable=trainable, name="embedding"))

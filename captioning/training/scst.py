@@ -16,8 +16,9 @@ Each step, for a batch of training images:
              same Keras model, teacher-forced on the samples, with each token's cross-entropy
              weighted by its caption's advantage (PolicyGradientLoss), on any backend
 
-Sampling and the update both see the model without dropout, so log p is the probability of
-exactly the policy that drew the captions.
+Sampling sees the model as inference does (no dropout); the update runs it in training mode,
+dropout included, as the cross-entropy epochs do, so log p is that of the sampling policy
+under a dropout mask (the reference implementation samples in training mode as well).
 """
 
 from __future__ import annotations
