@@ -251,7 +251,8 @@ def main() -> int:
                              ("sampling_seconds", "reward_seconds", "update_seconds")}
                     scst_kept = int(tuned.best["epoch"])
                     print(f"{label} + SCST, seed {seed}: kept epoch {scst_kept} of "
-                          f"{len(tuned.history)}; {scst_seconds:.1f} s per SCST epoch (median; "
+                          f"{len(tuned.history)}; {scst_seconds:.1f} s per SCST epoch, "
+                          f"{scst_seconds / seconds:.2f}x a cross-entropy epoch (median; "
                           + ", ".join(f"{k.split('_')[0]} {v:.1f} s" for k, v in split.items())
                           + "); mean reward " + " ".join(f"{e['reward']:.3f}" for e in stages),
                           flush=True)

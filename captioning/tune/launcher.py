@@ -195,8 +195,18 @@ def _trial_settings(config: ExperimentConfig, space: spaces.SearchSpace, storage
         config = _updated(config, "encoder", cache_dir=Path(storage_path) / "feature_cache")
     ensure_data(config, say)
     config = _updated(config, "data", root=Path(config.data.root).resolve())
+    config = config.model_copy(update={"embedding": _absolute_embedding(config.embedding)})
     # Trials find their own checkpoints on the storage (trainable.trial_storage).
     return _updated(config, "sweep", storage_path=storage_path)
+
+
+def _absolute_embedding(embedding: str) -> str:
+    """`spacy:<pipeline folder>` relative to this folder, made absolute (trials run in folders
+    of their own); a model's name, or an absolute path, as it is."""
+    folder = Path(embedding.removeprefix("spacy:")).expanduser()
+    if embedding.startswith("spacy:") and not folder.is_absolute() and folder.is_dir():
+        return f"spacy:{folder.resolve()}"
+    return embedding
 
 
 def _resume_or_start(tracker: SweepTracker, resume: bool, sweep_dir: str,

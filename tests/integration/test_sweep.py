@@ -125,7 +125,7 @@ def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
 
 
 def test_a_sweep_searches_scst_epochs_and_each_trial_runs_them_after_cross_entropy(
-        sample_root, tmp_path, mlflow_server, local_ray):
+        sample_root, tmp_path, mlflow_server, local_ray, spacy_pipeline):
     space = tmp_path / "space.yaml"
     space.write_text("train.scst.epochs:\n  choice: [1, 2]\n"
                      "train.scst.learning_rate:\n  loguniform: [1.0e-4, 1.0e-3]\n")
@@ -134,7 +134,12 @@ def test_a_sweep_searches_scst_epochs_and_each_trial_runs_them_after_cross_entro
     config = experiment(sample_root, tmp_path, mlflow_server, "scst",
                         f"sweep.search_space={space}", "train.epochs=2", "train.patience=4",
                         "train.score_images=10", "encoder.image_size=75",
-                        "sweep.grace_period=4", "sweep.max_concurrent_trials=2")
+                        "sweep.grace_period=4", "sweep.max_concurrent_trials=2",
+                        # frozen spaCy vectors from a folder given relative to this one (as
+                        # benchmarks/experiments/flickr8k-dev.yaml does), read by trials that
+                        # run in folders of their own
+                        f"embedding=spacy:{os.path.relpath(spacy_pipeline)}",
+                        "model.train_embedding=false")
     result = run_sweep(config, num_samples=2, say=lambda _: None)
     assert result.trials == 2 and result.errors == 0
     client = MlflowClient(mlflow_server)
@@ -237,12 +242,13 @@ def test_an_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "ray_results").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")),
+@pytest.mark.parametrize("path", [*sorted((REPO / "experiments").glob("*.yaml")),
+                                  *sorted((REPO / "benchmarks" / "experiments").glob("*.yaml"))],
                          ids=lambda p: p.stem)
 def test_every_experiment_names_a_valid_search_space(path):
     from captioning.tune.search_space import load_search_space
 
-    # Random weights: experiments/flickr8k-dev.yaml names a weights file beside the checkout.
+    # Random weights: benchmarks/experiments/ name a weights file beside the checkout.
     config = load_experiment(path, ["encoder.weights=none"])
     space = load_search_space(REPO / config.sweep.search_space, config)
     assert space.params

@@ -145,8 +145,9 @@ def test_vocabulary_is_built_from_training_captions_only(sample_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", sorted((REPO / "experiments").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("experiment", [*sorted((REPO / "experiments").glob("*.yaml")),
+                                        *sorted((REPO / "benchmarks" / "experiments").glob(
+                                            "*.yaml"))], ids=lambda p: p.stem)
 def test_every_experiment_trains_in_smoke_mode(experiment, sample_root, spacy_pipeline,
                                                tmp_path):
     config = load_experiment(experiment, [
