@@ -193,7 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from captioning.training.train import train_captioner
 
     config = load_experiment(args.experiment, args.overrides)
-    wanted = training_backend(config.train.backend, config.train.epochs)
+    wanted = training_backend(config.train.backend,
+                              config.train.epochs + config.train.scst.epochs)
     if wanted != keras.backend.backend() and args.own_process:
         # Keras fixed its backend when it was imported: start again on the one that trains.
         print(f"training on Keras' {wanted} backend (train.backend: {config.train.backend})",

@@ -261,6 +261,9 @@ class SweepConfig(Section):
     search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
     num_samples: StrictInt = Field(8, ge=1)
     max_concurrent_trials: StrictInt = Field(2, ge=1)
+    # TPE draws this many trials at random before it models the results (Optuna's
+    # n_startup_trials, default 10): a sweep of no more trials than this is a random search.
+    startup_trials: StrictInt = Field(10, ge=1, le=10_000)
     # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
     metric: RankingMetric = "val_cider"
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,

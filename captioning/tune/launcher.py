@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from captioning.config.schema import ExperimentConfig
+from captioning.config.schema import ExperimentConfig, SweepConfig
 from captioning.data.dataset import load_dataset
 from captioning.data.prepare import ensure_data
 from captioning.errors import ConfigError
@@ -98,12 +98,14 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
     check_encoder_files(space.encoders(config))
-    _start_ray(config, address, say)
+    _start_ray(config, _most_epochs(config, space), address, say)
     check_gpus(config.sweep.resources.gpu, cluster=address is not None)
 
     storage_path = _storage(config, storage)
     sweep_dir = f"{storage_path}/{config.name}"
     config = _trial_settings(config, space, storage_path, say)
+    if config.sweep.startup_trials >= config.sweep.num_samples and not resume:
+        say(random_search_note(config.sweep))
     base = config.to_dict()
     dataset = load_dataset(config.data.root, config.data.format,
                            split_seed=config.data.split_seed,
@@ -142,6 +144,13 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     return _summarise(results, config, tracker, sweep_dir)
 
 
+def random_search_note(sweep: SweepConfig) -> str:
+    """What to tell a user whose sweep is too short for TPE to model anything."""
+    return (f"sweep.startup_trials ({sweep.startup_trials}) >= sweep.num_samples "
+            f"({sweep.num_samples}): TPE draws every trial at random; set startup_trials "
+            f"below num_samples for it to learn from the finished trials")
+
+
 def _sweep_settings(config: ExperimentConfig, smoke_test: bool, num_samples: int | None
                     ) -> ExperimentConfig:
     """The experiment with the command's flags applied: smoke mode, --num-samples."""
@@ -161,14 +170,14 @@ def _updated(config: ExperimentConfig, section: str, **values: Any) -> Experimen
         update=values)})
 
 
-def _start_ray(config: ExperimentConfig, address: str | None, say: Callable[[str], None]
-               ) -> None:
+def _start_ray(config: ExperimentConfig, epochs: int, address: str | None,
+               say: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     # Without --address, a Ray of this sweep's own: never one another program left running.
     # Its workers (the trials) get the Keras backend that trains (training/backend.py).
-    backend = training_backend(config.train.backend, config.train.epochs,
-                               config.sweep.resources.gpu)
+    # `epochs`: the longest trial's, SCST's included.
+    backend = training_backend(config.train.backend, epochs, config.sweep.resources.gpu)
     ray.init(address=address or "local", log_to_driver=False, include_dashboard=False,
              runtime_env={"env_vars": {"KERAS_BACKEND": backend}})
     say(f"trials train on Keras' {backend} backend (train.backend: {config.train.backend})")
@@ -240,7 +249,8 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
         "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
         "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
         "max_concurrent_trials": config.sweep.max_concurrent_trials,
-        "sampler": f"optuna TPESampler(seed={config.train.seed})",
+        "sampler": (f"optuna TPESampler(seed={config.train.seed}, "
+                    f"n_startup_trials={config.sweep.startup_trials})"),
         "scheduler": (f"ASHA(max_t={_most_epochs(config, space)}, grace_period="
                       f"{config.sweep.grace_period}, reduction_factor="
                       f"{config.sweep.reduction_factor})"),
@@ -260,8 +270,9 @@ def _most_epochs(config: ExperimentConfig, space: spaces.SearchSpace) -> int:
 def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpace,
                storage_path: str, callbacks: list[tune.Callback]) -> tune.Tuner:
     """Optuna's TPE draws each trial from the space; ASHA stops the poor ones early."""
+    sampler = TPESampler(seed=config.train.seed, n_startup_trials=config.sweep.startup_trials)
     searcher = OptunaSearch(space=space.define_by_run, metric=config.sweep.metric,
-                            mode=config.sweep.mode, sampler=TPESampler(seed=config.train.seed))
+                            mode=config.sweep.mode, sampler=sampler)
     scheduler = ASHAScheduler(max_t=_most_epochs(config, space),
                               grace_period=config.sweep.grace_period,
                               reduction_factor=config.sweep.reduction_factor,
