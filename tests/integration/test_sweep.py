@@ -44,9 +44,10 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
     assert parent.info.status == "FINISHED"
     assert parent.data.params["num_samples"] == "4"
     assert "ASHA" in parent.data.params["scheduler"]
-    # The quickstart's TPE models the results after 2 random trials, not Optuna's default 10.
+    # TPE's random start is the experiment's sweep.startup_trials (set to 4 here), not
+    # Optuna's default 10.
     assert "TPESampler" in parent.data.params["sampler"]
-    assert "n_startup_trials=2" in parent.data.params["sampler"]
+    assert "n_startup_trials=4" in parent.data.params["sampler"]
     assert int(parent.data.params["dataset.images"]) == 300
     assert parent.data.tags["best_trial_id"] == result.best["trial_id"]
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
