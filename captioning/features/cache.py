@@ -82,9 +82,13 @@ def image_inputs(features: FeatureSet, names: Sequence[str], grid: bool) -> np.n
 
 
 def _file_identity(path: str | Path) -> dict[str, object]:
-    stat = Path(path).expanduser().stat()
-    return {"file": str(Path(path).expanduser().resolve()), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    """An encoder file by its content: a registered model's bundled weights are downloaded to a
+    new folder (with a new time) every time it is loaded, and must still find their features."""
+    digest = hashlib.sha256()
+    with Path(path).expanduser().open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest()}
 
 
 def _weights_identity(encoder: EncoderConfig) -> object:

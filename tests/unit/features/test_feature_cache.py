@@ -144,6 +144,26 @@ def test_cache_key_depends_on_weights_dtype_and_image_list(sample, tmp_path):
                      image_dir, names) == base
 
 
+def test_a_weights_file_is_known_by_its_content_not_its_folder_or_time(sample, tmp_path):
+    # A registered model's bundled weights arrive in a new folder each time it is loaded.
+    image_dir, names = sample
+    first = tmp_path / "a" / "weights.weights.h5"
+    first.parent.mkdir()
+    first.write_bytes(b"weights " * 1000)
+    moved = tmp_path / "b" / "encoder-weights.weights.h5"
+    moved.parent.mkdir()
+    moved.write_bytes(first.read_bytes())
+    os.utime(moved, ns=(1, 1))
+    changed = tmp_path / "c.weights.h5"
+    changed.write_bytes(first.read_bytes()[:-1] + b"!")
+
+    def key(path: Path) -> str:
+        return cache_key(encoder(tmp_path, weights=str(path)), image_dir, names)
+
+    assert key(moved) == key(first)
+    assert key(changed) != key(first)
+
+
 def test_unreadable_images_are_skipped_and_reported(own_images, cached, tmp_path):
     image_dir, names = own_images
     _, reference, _ = cached
