@@ -256,3 +256,15 @@ def test_every_experiment_names_a_valid_search_space(path):
     space = load_search_space(REPO / config.sweep.search_space, config)
     assert space.params
     assert config.train.epochs >= config.sweep.grace_period
+
+
+def test_the_second_real_photo_sweep_space_loads_with_scst_on():
+    from captioning.tune.search_space import load_search_space
+
+    # As docs/quality.md runs it: flickr8k-dev with train.scst.epochs=4 and this space.
+    config = load_experiment(REPO / "benchmarks" / "experiments" / "flickr8k-dev.yaml",
+                             ["encoder.weights=none", "train.scst.epochs=4"])
+    space = load_search_space(
+        REPO / "benchmarks" / "search_spaces" / "flickr8k-dev-scst.yaml", config)
+    assert "train.scst.learning_rate" in space.params
+    assert "train.scst.epochs" not in space.params
