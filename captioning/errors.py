@@ -39,3 +39,8 @@ class RegistryError(CaptioningError, ValueError):
 class WriteError(CaptioningError, OSError):
     """A file could not be written (disk full, no permission); the message names the file and
     says what was kept. The file it was to replace is unchanged."""
+
+
+class TrainingError(CaptioningError, RuntimeError):
+    """Training cannot go on (the loss is no longer a number); the message says what was kept
+    and which setting to change."""

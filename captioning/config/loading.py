@@ -27,18 +27,109 @@ from captioning.errors import ConfigError
 FILE_RELATIVE_KEYS = (("sweep", "search_space"), ("encoder", "weights"), ("encoder", "model"))
 
 
+# An experiment or a search space is a few KB of YAML. The bounds below refuse what no config
+# needs, before it costs anything: a YAML alias bomb (nine levels of `aN: &aN [*aN-1, ...]`,
+# 500 bytes) stays small as nodes and explodes only when built, so it is measured as nodes.
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_VALUES = 100_000  # values in the file with every alias expanded
+MAX_YAML_DEPTH = 50        # nesting of mappings and lists, aliases expanded
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_yaml_nodes(root: yaml.Node, where: str) -> None:
+    """Refuse, before a value is built, a document whose aliases expand past MAX_YAML_VALUES,
+    that nests past MAX_YAML_DEPTH or refers to itself, or that sets a key twice in a mapping."""
+    sizes: dict[int, int] = {}  # a shared (aliased) node is measured once
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where} line {node.start_mark.line + 1}: nested more than "
+                              f"{MAX_YAML_DEPTH} levels deep; an experiment needs 3")
+        if id(node) in open_nodes:
+            raise ConfigError(f"{where} line {node.start_mark.line + 1}: an alias refers to "
+                              "the value it is in (a recursive YAML alias)")
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            _refuse_repeated_keys(node, where)
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        open_nodes.add(id(node))
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_VALUES:,}"
+                                  " values (a YAML alias bomb?); an experiment has a few hundred")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _refuse_repeated_keys(node: yaml.MappingNode, where: str) -> None:
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise ConfigError(f"{where} line {line}: key {key.value!r} is set twice (lines "
+                              f"{seen[key.value]} and {line}); keep one")
+        seen[key.value] = line
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The data of YAML `text` (from `where`: a file, or a --set value), checked by
+    _check_yaml_nodes before it is built; a one-line ConfigError naming the line at fault."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_nodes(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}{at}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read (an experiment needs 3 "
+                          "levels)") from None
+    finally:
+        loader.dispose()
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """The data of YAML file `path` (a `what`: "experiment file", "search space file"), or a
     one-line ConfigError naming the file and the line at fault."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such {what}")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_YAML_BYTES:,} allowed for {_article(what)} {what}")
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read this {what} ({error.strerror or error})"
+                          ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not valid UTF-8 (byte "
+                          f"0x{data[error.start]:02x}); re-save the file as UTF-8") from None
+    return parse_yaml(text, str(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -55,7 +146,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = parse_yaml(raw, f"--set {item!r}") if raw != "" else ""
     return result
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from captioning.config.section import KeyProblem, Section
+from captioning.config.section import KeyProblem, Section, at_most
 from captioning.config.shipped import builtin_path
 from captioning.errors import ConfigError
 from captioning.evaluation.metrics import Mode, RankingMetric, mode_of
@@ -34,6 +34,11 @@ from captioning.models.transformer import TransformerConfig
 
 # encoder.weights that name weights rather than a file: downloaded by Keras, or seeded random.
 NAMED_WEIGHTS = ("imagenet", "none")
+# Upper bounds shared by several keys (each key's own bound and reason is beside it).
+MAX_TOKENS = 200
+TOKENS_WHY = "tokens of a caption; Flickr and COCO captions have fewer than 60"
+MAX_BEAM_WIDTH = 20
+BEAM_WHY = "a beam costs images x width decoder rows, and beyond 5 captions get no better"
 
 
 class DataConfig(Section):
@@ -42,10 +47,12 @@ class DataConfig(Section):
     # The seed dropped one-letter words ("a"); keeping them makes BLEU comparable with papers.
     keep_one_letter_words: bool = False
     # The seed kept words seen more than once: 2232 words on Flickr8k.
-    min_word_count: StrictInt = Field(2, ge=1)
+    min_word_count: Annotated[StrictInt, Field(ge=1),
+                              at_most(1_000_000, "no word is that frequent in a captions file")] = 2
     split_seed: StrictInt = 0
     # Drawn by `captioning sample-data` when data.root does not exist (0 = never draw).
-    sample_images: StrictInt = Field(0, ge=0)
+    sample_images: Annotated[StrictInt, Field(ge=0),
+                             at_most(100_000, "images to draw (100,000 is about 1 GB)")] = 0
 
 
 class EncoderConfig(Section):
@@ -56,7 +63,8 @@ class EncoderConfig(Section):
     weights: str = "imagenet"
     # The width multiplier of the families that have one (mobilenet, mobilenet_v2,
     # mobilenet_v3_*); None = the constructor's default (1.0).
-    alpha: StrictFloat | None = Field(None, gt=0)
+    alpha: Annotated[StrictFloat | None, Field(gt=0),
+                     at_most(4.0, "keras.applications publishes widths up to 1.4")] = None
     # A saved Keras model of one's own (.keras, loaded in safe mode) from images to a feature
     # map or vector, instead of a keras.applications CNN; `preprocess` says how it wants its
     # pixels: tf ([-1, 1]), torch or caffe (keras.applications.imagenet_utils), none (0..255,
@@ -65,8 +73,10 @@ class EncoderConfig(Section):
     preprocess: str | None = None
     # None = the encoder's native input size (299 for inception_v3, 224 for resnet50), or the
     # input size of `model`.
-    image_size: StrictInt | None = Field(None, ge=32)
-    batch_size: StrictInt = Field(32, ge=1)
+    image_size: Annotated[StrictInt | None, Field(ge=32),
+                          at_most(1024, "encoders are trained at 224-600 px")] = None
+    batch_size: Annotated[StrictInt, Field(ge=1),
+                          at_most(1024, "images decoded and held at once")] = 32
     # None = $CAPTIONING_CACHE_DIR or ~/.cache/captioning.
     cache_dir: Path | None = None
     cache_dtype: Literal["float32", "float16"] = "float32"  # of the pooled vectors
@@ -76,7 +86,7 @@ class EncoderConfig(Section):
     # Cache the feature maps as well (a sweep sets it when its space has a grid decoder, so
     # that every trial reads one extraction).
     keep_grid: bool = False
-    decode_workers: StrictInt = Field(4, ge=1)
+    decode_workers: Annotated[StrictInt, Field(ge=1), at_most(256, "threads decoding images")] = 4
 
     @field_validator("weights")
     @classmethod
@@ -141,9 +151,12 @@ class EncoderConfig(Section):
 class ModelConfig(Section):
     # merge (the seed's), attention or transformer: captioning/models/, one file each.
     decoder: str = "merge"
-    lstm_units: StrictInt = Field(256, ge=1)  # seed: 256 (merge and attention)
+    # seed: 256 (merge and attention)
+    lstm_units: Annotated[StrictInt, Field(ge=1),
+                          at_most(8192, "an LSTM of 8192 units already has 270 M weights")] = 256
     # Ignored for spaCy embeddings, whose vectors fix the width (300 for en_core_web_md).
-    embedding_dim: StrictInt = Field(256, ge=1)
+    embedding_dim: Annotated[StrictInt, Field(ge=1),
+                             at_most(8192, "word vectors are 50-4096 wide")] = 256
     dropout: StrictFloat = Field(0.5, ge=0.0, lt=1.0)  # seed: 0.5 on both branches
     # Fine-tune the embedding matrix (a spaCy matrix stays fixed when false).
     train_embedding: bool = True
@@ -168,15 +181,18 @@ class ScstConfig(Section):
     best of them, optimise the CIDEr-D of sampled captions (Rennie et al. 2017; Luo 2020).
     Its epochs continue the same history (training/scst.py)."""
 
-    epochs: StrictInt = Field(0, ge=0)  # 0 = off; each epoch samples every training image once
+    # 0 = off; each samples every training image once
+    epochs: Annotated[StrictInt, Field(ge=0),
+                      at_most(10_000, "of SCST")] = 0
     # Constant. ruotianluo/ImageCaptioning.pytorch: 5e-5 for LSTMs, 1e-5 for Transformers.
     learning_rate: StrictFloat = Field(5e-5, gt=0.0)
-    samples: StrictInt = Field(5, ge=1)  # captions sampled per image (K)
+    samples: Annotated[StrictInt, Field(ge=1),
+                       at_most(100, "captions sampled per image and step")] = 5  # K
     # mean: each sample's baseline is the mean reward of the image's other K-1 samples (Luo's
     # "new self-critical", the reference's default); greedy: the greedy caption's reward (Rennie).
     baseline: Literal["mean", "greedy"] = "mean"
     # Tokens of a sampled caption, startseq and endseq included: Flickr captions average 12.
-    max_length: StrictInt = Field(20, ge=3)
+    max_length: Annotated[StrictInt, Field(ge=3), at_most(MAX_TOKENS, TOKENS_WHY)] = 20
 
     @model_validator(mode="after")
     def _baseline_has_samples(self) -> ScstConfig:
@@ -187,8 +203,12 @@ class ScstConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: StrictInt = Field(50, ge=1)  # seed: 50 (of cross-entropy; train.scst adds more)
-    batch_size: StrictInt = Field(32, ge=1)  # seed: 32 (captions per batch here)
+    # seed: 50 (of cross-entropy; train.scst adds more)
+    epochs: Annotated[StrictInt, Field(ge=1),
+                      at_most(10_000, "of cross-entropy")] = 50
+    # seed: 32 captions
+    batch_size: Annotated[StrictInt, Field(ge=1),
+                          at_most(65_536, "captions per step held at once")] = 32
     learning_rate: StrictFloat = Field(0.0012, gt=0.0)  # seed: 0.0012 with Adam
     # The learning rate over the cross-entropy epochs: constant (the seed's), or from 0 up to
     # learning_rate over `warmup`, then down to 0 at the last epoch along a cosine or a line.
@@ -205,17 +225,21 @@ class TrainConfig(Section):
     # Early stopping: epochs without improvement of `monitor` before training stops; the
     # epoch kept is the best by it. CIDEr-D, as sweeps rank trials (docs/quality.md: on real
     # photos val_loss bottoms out epochs before the captions stop improving).
-    patience: StrictInt = Field(5, ge=1)
+    patience: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 5
     monitor: RankingMetric = "val_cider"
     # Validation captions are decoded for BLEU/CIDEr/ROUGE on at most this many images: on a
     # few hundred, CIDEr-D moves by several hundredths from epoch to epoch by chance alone.
-    score_images: StrictInt = Field(1000, ge=1)
-    max_caption_length: StrictInt = Field(40, ge=3)  # tokens, startseq/endseq included
+    score_images: Annotated[StrictInt, Field(ge=1),
+                            at_most(1_000_000, "images decoded every epoch")] = 1000
+    # tokens, startseq/endseq included
+    max_caption_length: Annotated[StrictInt, Field(ge=3),
+                                  at_most(MAX_TOKENS, TOKENS_WHY)] = 40
     # Keras' dtype policy: mixed ones compute in 16 bits and keep the weights, the logits and
     # the loss in float32 (mixed_float16 scales the loss so gradients do not underflow).
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # Train steps run per call into the compiled function (Keras' steps_per_execution).
-    steps_per_execution: StrictInt = Field(1, ge=1)
+    steps_per_execution: Annotated[StrictInt, Field(ge=1),
+                                   at_most(10_000, "steps per compiled call")] = 1
     # The Keras backend that trains: auto = JAX on a CPU-only machine for 10 epochs or more,
     # else TensorFlow (captioning/training/backend.py says why). KERAS_BACKEND, if set, wins.
     backend: Literal["auto", "tensorflow", "jax"] = "auto"
@@ -244,33 +268,36 @@ class TrainConfig(Section):
 
 
 class DecodeConfig(Section):
-    beam_width: StrictInt = Field(1, ge=1)  # the default of evaluate and caption's --beam
+    beam_width: Annotated[StrictInt, Field(ge=1),
+                          at_most(MAX_BEAM_WIDTH, BEAM_WHY)] = 1  # evaluate's, caption's --beam
     # Tokens of a generated caption, startseq and endseq included (as train.max_caption_length).
-    max_length: StrictInt = Field(40, ge=3)
+    max_length: Annotated[StrictInt, Field(ge=3), at_most(MAX_TOKENS, TOKENS_WHY)] = 40
 
 
 class ResourcesConfig(Section):
-    cpu: float = Field(1.0, gt=0)
+    cpu: Annotated[float, Field(gt=0), at_most(1024, "CPUs per trial")] = 1.0
     # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
     # growth is switched on in every trial so they can.
-    gpu: float = Field(0.0, ge=0)
+    gpu: Annotated[float, Field(ge=0), at_most(64, "GPUs per trial")] = 0.0
 
 
 class SweepConfig(Section):
     # Relative to the experiment file that names it; the default is the built-in default.yaml.
     search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
-    num_samples: StrictInt = Field(8, ge=1)
-    max_concurrent_trials: StrictInt = Field(2, ge=1)
+    num_samples: Annotated[StrictInt, Field(ge=1), at_most(100_000, "trials in one sweep")] = 8
+    max_concurrent_trials: Annotated[StrictInt, Field(ge=1), at_most(4096, "trials at once")] = 2
     # TPE draws this many trials at random before it models the results (Optuna's
     # n_startup_trials, default 10): a sweep of no more trials than this is a random search.
-    startup_trials: StrictInt = Field(10, ge=1, le=10_000)
+    startup_trials: Annotated[StrictInt, Field(ge=1),
+                              at_most(10_000, "random trials before TPE models")] = 10
     # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
     metric: RankingMetric = "val_cider"
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
     # up to train.epochs.
-    grace_period: StrictInt = Field(2, ge=1)
-    reduction_factor: StrictInt = Field(2, ge=2)
-    max_failures: StrictInt = Field(2, ge=0)
+    grace_period: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
+    reduction_factor: Annotated[StrictInt, Field(ge=2),
+                                at_most(100, "ASHA keeps 1 in this many")] = 2
+    max_failures: Annotated[StrictInt, Field(ge=0), at_most(100, "retries of a failing trial")] = 2
     resources: ResourcesConfig = ResourcesConfig()
     # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
     tracking_uri: str | None = None

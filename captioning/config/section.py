@@ -7,13 +7,29 @@ from `Section`, so an unknown key or a bad value anywhere is the same one-line e
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are refused, and a validated config never changes."""
+    """A config section: unknown keys are refused, no number is infinite or NaN (a rate of
+    .inf trains to a NaN loss), and a validated config never changes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def at_most(limit: float, why: str) -> AfterValidator:
+    """The upper bound of a size, length, width or count a file or flag can set, with the
+    reason it is there, for `Annotated[int, Field(ge=1), at_most(20, "...")]`: every such key
+    has one, so no input can ask for unbounded time or memory."""
+
+    def check(value: Any) -> Any:
+        if value is not None and value > limit:
+            raise ValueError(f"{value} is above the limit of {limit:,}: {why}")
+        return value
+
+    return AfterValidator(check)
 
 
 class KeyProblem(ValueError):

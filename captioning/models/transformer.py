@@ -16,14 +16,14 @@ recomputes the prefix under the causal mask. benchmarks/decode_throughput.py tim
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import keras
 import numpy as np
 from keras import layers, ops
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from captioning.config.section import KeyProblem, Section
+from captioning.config.section import KeyProblem, Section, at_most
 from captioning.models.protocol import Arrays, FeatureStats, missing_layers, model_name
 
 _NEG = -1e9  # added to the scores of positions a query must not see
@@ -32,11 +32,14 @@ _NEG = -1e9  # added to the scores of positions a query must not see
 class TransformerConfig(Section):
     """A Transformer decoder over the projected feature map (model.decoder: transformer)."""
 
-    layers: StrictInt = Field(2, ge=1)  # decoder layers: causal self-attention, cross-attention
-    encoder_layers: StrictInt = Field(0, ge=0)  # self-attention layers over the feature map
-    units: StrictInt = Field(256, ge=8)  # model width
-    heads: StrictInt = Field(4, ge=1)
-    ff_units: StrictInt = Field(1024, ge=1)  # of each layer's feed-forward block
+    # decoder layers: causal self-attention, cross-attention
+    layers: Annotated[StrictInt, Field(ge=1), at_most(64, "decoder layers")] = 2
+    # self-attention layers over the feature map
+    encoder_layers: Annotated[StrictInt, Field(ge=0), at_most(64, "layers")] = 0
+    units: Annotated[StrictInt, Field(ge=8), at_most(8192, "model width")] = 256
+    heads: Annotated[StrictInt, Field(ge=1), at_most(128, "attention heads")] = 4
+    # of each layer's feed-forward block
+    ff_units: Annotated[StrictInt, Field(ge=1), at_most(32_768, "feed-forward width")] = 1024
     # Of the residual branches and the token embeddings. None: model.dropout, whose 0.5 was
     # chosen for the seed's LSTM merge model, far above what Transformers use (~0.1).
     dropout: StrictFloat | None = Field(None, ge=0.0, lt=1.0)

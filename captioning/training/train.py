@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from captioning.config.loading import save_config
 from captioning.config.schema import ExperimentConfig
 from captioning.data.batches import CaptionBatches, encode_captions
 from captioning.data.prepare import Prepared, prepare
-from captioning.errors import DatasetError
+from captioning.errors import DatasetError, TrainingError
 from captioning.evaluation.figures import attention_figure
 from captioning.evaluation.reward import CiderReward
 from captioning.evaluation.scores import caption_scores, strip_markers
@@ -127,6 +128,7 @@ class _EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
+        self._refuse_non_finite(epoch + 1, logs)
         logs.setdefault("scst", 0.0)
         logs.setdefault("learning_rate", _learning_rate(self.model))
         if self.score_images:
@@ -164,6 +166,21 @@ class _EpochEnd(keras.callbacks.Callback):
             self.best = metrics
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics, self.model_dir)
+
+    def _refuse_non_finite(self, epoch: int, logs: dict) -> None:
+        """Stop at an epoch whose loss is infinite or NaN, before it replaces a checkpoint: a
+        diverged model only captions nonsense, and a sweep must fail it, not rank it."""
+        loss = float(logs.get("loss", 0.0))
+        if math.isfinite(loss):
+            return
+        kept = (f"the model of epoch {int(self.best['epoch'])} is kept in {self.model_dir}"
+                if self.best is not None else "no epoch was kept")
+        stage, rate = ("SCST ", "train.scst.learning_rate") if logs.get("scst") else (
+            "", "train.learning_rate")
+        raise TrainingError(f"the {stage}training loss became {loss} in epoch {epoch}, so "
+                            f"training stopped and {kept}; lower {rate} "
+                            f"({_learning_rate(self.model):g} at the end of the epoch) or set "
+                            "train.clip_norm")
 
     def _attention_figure(self, count: int = 4) -> Writer:
         """Where the decoder looks for each word, on a few validation images."""

@@ -37,7 +37,7 @@ from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, fla
 from captioning.training.backend import training_backend
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
-from captioning.tune.preflight import check_encoder_files, check_gpus
+from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
 from captioning.tune.resume import CheckpointKeeper, keep_only_latest, repair_state
 from captioning.tune.trainable import train_trial, trial_dirname
 
@@ -100,6 +100,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     check_encoder_files(space.encoders(config))
     _start_ray(config, _most_epochs(config, space), address, say)
     check_gpus(config.sweep.resources.gpu, cluster=address is not None)
+    check_cpus(config.sweep.resources.cpu, cluster=address is not None)
 
     storage_path = _storage(config, storage)
     sweep_dir = f"{storage_path}/{config.name}"

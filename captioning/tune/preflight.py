@@ -36,6 +36,22 @@ def check_gpus(share: float, *, cluster: bool) -> None:
                          if most else ""))
 
 
+def check_cpus(cpus: float, *, cluster: bool) -> None:
+    """Refuse a CPU count per trial no node has (Ray would leave every trial PENDING); on a
+    cluster, warn (its autoscaler may add a bigger node)."""
+    most = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
+               default=0.0)
+    if cpus <= most:
+        return
+    if cluster:
+        log.warning("sweep.resources.cpu: each trial asks for %g CPUs and no node of the Ray "
+                    "cluster has that many now; trials wait until one joins", cpus)
+        return
+    raise ConfigError(f"sweep.resources.cpu: each trial asks for {cpus:g} CPUs but this "
+                      f"machine has {most:g}; trials would wait forever (set "
+                      f"sweep.resources.cpu={most:g} or less)")
+
+
 def check_encoder_files(encoders: list[Any]) -> None:
     """Build each encoder that reads a weights file or is a model file, here, before Ray:
     a file that does not fit is one ConfigError now, not a failure in every trial."""

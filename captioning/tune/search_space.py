@@ -42,7 +42,7 @@ class Param(BaseModel):
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     integer: tuple[int, int] | None = Field(None, alias="int")  # bounds included
-    step: int | None = None
+    step: int | None = Field(None, ge=1)
     when: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -58,6 +58,24 @@ class Param(BaseModel):
         if self.step is not None and self.integer is None:
             raise ValueError("step goes with int")
         return self
+
+    def can_draw(self, value: Any) -> bool:
+        """Whether a trial can draw `value` here (a `when` condition that names it can hold)."""
+        if self.choice is not None:
+            return value in self.choice
+        low, high = self.uniform or self.loguniform or self.integer
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer is not None:
+            step = self.step or 1
+            return value == int(value) and low <= value <= high and (value - low) % step == 0
+        return low <= value <= high
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return "it draws one of " + ", ".join(repr(c) for c in self.choice)
+        low, high = self.uniform or self.loguniform or self.integer
+        return f"it draws from {low} to {high}"
 
     def edge_values(self) -> list[Any]:
         """Values that must all be valid config values (every choice, or both bounds)."""
@@ -164,9 +182,15 @@ def load_search_space(path: Path | str, base: ExperimentConfig) -> SearchSpace:
             except ConfigError as error:
                 # parse_config names the key; keep the message to one line about this space.
                 raise ConfigError(f"{error} (value {value!r} of the search space)") from None
-        for other in (params[key].when or {}):
+        for other, wanted in (params[key].when or {}).items():
             if other not in params:
                 raise ConfigError(f"{where}: 'when' names {other}, which is not drawn before it")
+            never = [v for v in (wanted if isinstance(wanted, list) else [wanted])
+                     if not params[other].can_draw(v)]
+            if never:
+                raise ConfigError(f"{where}: 'when' asks for {other} = {never[0]!r}, which "
+                                  f"{other} never draws ({params[other].describe()}), so "
+                                  f"{key} would never be drawn")
     embeddings = params["embedding"].edge_values() if "embedding" in params else [base.embedding]
     for model in missing_spacy_models(embeddings):
         log.warning("%s: embedding: spaCy model %r is not installed here; trials that use it "

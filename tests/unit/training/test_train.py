@@ -183,3 +183,18 @@ def test_a_train_split_whose_images_are_all_unreadable_is_one_clear_error(tmp_pa
     message = str(caught.value)
     assert message.startswith(f"{root}: the train split has no caption of a readable image")
     assert f"({len(dataset.splits['train'])} image(s) skipped" in message
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_one_clear_error(sample_root, tmp_path):
+    from captioning.errors import TrainingError
+
+    # A finite rate (an infinite one is refused by the config) that still blows the weights
+    # up within the first epoch.
+    config = quick_config(sample_root, learning_rate=1e30, epochs=2)
+    with pytest.raises(TrainingError) as caught:
+        train_captioner(config, model_dir=tmp_path / "m", verbose=0)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("the training loss became nan in epoch 1, so training stopped "
+                              "and no epoch was kept; lower train.learning_rate")
+    assert not (tmp_path / "m" / "model.keras").exists()
