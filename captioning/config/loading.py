@@ -87,8 +87,9 @@ def _refuse_repeated_keys(node: yaml.MappingNode, where: str) -> None:
 def parse_yaml(text: str, where: str) -> Any:
     """The data of YAML `text` (from `where`: a file, or a --set value), checked by
     _check_yaml_nodes before it is built; a one-line ConfigError naming the line at fault."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -103,7 +104,8 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: nested too deeply to read (an experiment needs 3 "
                           "levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _article(noun: str) -> str:
