@@ -153,6 +153,8 @@ def apply(base: dict[str, Any], drawn: dict[str, Any], source: str = "trial"
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {key}: {part} is not a section of the experiment")
         node[leaf] = value
     return parse_config(data, source=source)
 
