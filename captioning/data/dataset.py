@@ -2,8 +2,9 @@
 
 `load_dataset` reads any of the three layouts (data/layouts.py), drops captions of missing
 image files and empty captions, and splits by the official lists when there are any, else by
-a seeded shuffle. Image files are only checked for existence here; unreadable ones are found
-by the feature extractor and removed with :meth:`Dataset.without`.
+a seeded shuffle. Image files are only checked for existence here (an entry that cannot even be
+looked at, such as a symbolic link loop, is skipped); unreadable ones are found by the feature
+extractor and removed with :meth:`Dataset.without`.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def load_dataset(
     present; otherwise images (never captions) are shuffled with
     ``numpy.random.default_rng(split_seed)`` and split in Flickr8k's 6000/1000/1091
     proportions. Captions are cleaned with :func:`captioning.data.vocabulary.clean_caption`.
-    Captions of missing image files, empty captions and images outside every split list are
-    dropped, recorded in ``Dataset.skipped`` and logged as one warning.
+    Captions of missing image files (or of entries that cannot be looked at, such as a
+    symbolic link loop), empty captions and images outside every split list are dropped,
+    recorded in ``Dataset.skipped`` and logged as one warning.
 
     Raises :class:`DatasetError` when nothing usable is found, a split list names no usable
     image, or a file is malformed.
@@ -178,10 +180,13 @@ def load_dataset(
         image_dir = find_image_dir(root, IMAGE_DIRS)
         raw, listed = read_karpathy(source)
 
-    on_disk = files_in(image_dir)
+    on_disk, unreadable = files_in(image_dir)
     captions: dict[str, list[str]] = {}
     skipped: list[Skipped] = []
     for name, texts in raw.items():
+        if name in unreadable:
+            skipped.append(Skipped(name, unreadable[name], len(texts)))
+            continue
         if name not in on_disk:
             skipped.append(Skipped(name, "image file missing", len(texts)))
             continue

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from captioning.errors import DatasetError
+from captioning.jsonfile import read_json, read_text
 
 # Auto-detection order: a Karpathy JSON carries the official split, so it wins when present.
 FORMATS = ("karpathy", "token", "kaggle")
@@ -93,31 +94,31 @@ def find_image_dir(root: Path, candidates: Iterable[str]) -> Path:
     raise DatasetError(f"data.root: {root} has no image folder; tried {tried}")
 
 
-def files_in(folder: Path) -> set[str]:
+def files_in(folder: Path) -> tuple[set[str], dict[str, str]]:
+    """The names of the files in ``folder``, and name -> why for the entries that cannot be
+    looked at (a symbolic link loop, no permission); DatasetError if it cannot be listed."""
     # One directory listing instead of a stat per caption; names with "/" or ".." never match.
-    with os.scandir(folder) as entries:
-        return {entry.name for entry in entries if entry.is_file()}
+    files: set[str] = set()
+    unreadable: dict[str, str] = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        files.add(entry.name)
+                except OSError as exc:
+                    unreadable[entry.name] = f"image file unreadable ({exc.strerror or exc})"
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list its files ({exc.strerror or exc})") from exc
+    return files, unreadable
 
 
 # --- caption files -----------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    """Decode ``path`` as strict UTF-8 (BOM allowed); bad bytes -> DatasetError with line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DatasetError(
-            f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
-            "re-save the file as UTF-8"
-        ) from exc
-
-
 def read_kaggle(path: Path) -> dict[str, list[str]]:
     """Read the Kaggle ``captions.txt`` CSV into image name -> raw captions."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, DatasetError), newline=""))
     try:
         header = next(reader)
     except StopIteration:
@@ -151,7 +152,7 @@ def read_kaggle(path: Path) -> dict[str, list[str]]:
 def read_token_file(path: Path) -> dict[str, list[str]]:
     """Read ``<image>#<n><TAB><caption>`` lines into image name -> raw captions."""
     raw: dict[str, list[str]] = {}
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(read_text(path, DatasetError).split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
@@ -164,50 +165,84 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
 
 
 def read_karpathy(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]] | None]:
-    """Read Karpathy's JSON into (image name -> raw captions, split -> names or None)."""
-    text = _read_text(path)
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    """Read Karpathy's JSON into (image name -> raw captions, split -> names or None).
+
+    Every value of the wrong JSON type is a DatasetError naming the file, the image's index
+    (and file name, once known), the sentence's index and the key.
+    """
+    payload = read_json(path, DatasetError)
     images = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(images, list):
-        raise DatasetError(
-            f'{path}: expected a JSON object with an "images" list (Karpathy format)'
-        )
+        found = (_json_type(payload) if not isinstance(payload, dict) else
+                 f'"images" as {_json_type(images)}' if "images" in payload else 'no "images"')
+        raise DatasetError(f'{path}: expected a JSON object with an "images" array (Karpathy '
+                           f"format), found {found}")
     raw: dict[str, list[str]] = {}
     split_of: dict[str, str] = {}
     for i, entry in enumerate(images):
         where = f'{path}: "images"[{i}]'
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            raise DatasetError(f'{where}: expected an object with a "filename" string')
-        name = entry["filename"]
-        sentences = entry.get("sentences", [])
-        if not isinstance(sentences, list):
-            raise DatasetError(f'{where} ({name}): "sentences" must be a list')
+        if not isinstance(entry, dict):
+            raise DatasetError(f'{where}: expected an object with a "filename" string, '
+                               f"found {_json_type(entry)}")
+        name = _field(entry, "filename", str, where)
+        where = f"{where} ({name})"
+        sentences = _field(entry, "sentences", list, where, default=[])
         texts = raw.setdefault(name, [])
-        for sentence in sentences:
-            if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str):
-                texts.append(sentence["raw"])
-            elif isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
-                texts.append(" ".join(str(t) for t in sentence["tokens"]))
-            else:
-                raise DatasetError(f'{where} ({name}): a sentence has neither "raw" nor "tokens"')
+        for j, sentence in enumerate(sentences):
+            texts.append(_sentence_text(sentence, f'{where} "sentences"[{j}]'))
         if "split" in entry:
-            split = {"restval": "train", "dev": "val"}.get(entry["split"], entry["split"])
+            given = _field(entry, "split", str, where)
+            split = {"restval": "train", "dev": "val"}.get(given, given)
             if split not in SPLITS:
-                raise DatasetError(
-                    f"{where} ({name}): unknown split {entry['split']!r}; "
-                    "expected train, restval, val or test"
-                )
+                raise DatasetError(f"{where}: unknown split {given!r}; "
+                                   "expected train, restval, val or test")
             if split_of.setdefault(name, split) != split:
-                raise DatasetError(
-                    f"{where}: {name} is listed in both {split_of[name]} and {split}"
-                )
+                raise DatasetError(f"{where}: listed in both {split_of[name]} and {split}")
     if not split_of:
         return raw, None
     listed = {split: [n for n, s in split_of.items() if s == split] for split in SPLITS}
     return raw, listed
+
+
+def _sentence_text(sentence: object, where: str) -> str:
+    """A Karpathy sentence's caption: its "raw" text, else its "tokens" joined by spaces."""
+    if not isinstance(sentence, dict):
+        raise DatasetError(f"{where}: expected an object, found {_json_type(sentence)}")
+    if "raw" not in sentence and "tokens" not in sentence:
+        raise DatasetError(f'{where}: has neither "raw" nor "tokens"')
+    raw = _field(sentence, "raw", str, where, default=None)
+    tokens = _field(sentence, "tokens", list, where, default=None)
+    for k, token in enumerate(tokens or ()):
+        if not isinstance(token, str):
+            raise DatasetError(f'{where}: "tokens"[{k}] must be a string, '
+                               f"found {_json_type(token)}")
+    return raw if raw is not None else " ".join(tokens)
+
+
+_MISSING = object()
+
+
+def _field(entry: dict, key: str, kind: type, where: str, default: object = _MISSING) -> Any:
+    """``entry[key]``, which must be of JSON type ``kind`` (``str`` or ``list``); ``default``
+    when there is no such key (a DatasetError without a default)."""
+    if key not in entry:
+        if default is _MISSING:
+            raise DatasetError(f'{where}: has no "{key}"')
+        return default
+    value = entry[key]
+    if not isinstance(value, kind):
+        wanted = {str: "a string", list: "an array"}[kind]
+        raise DatasetError(f'{where}: "{key}" must be {wanted}, found {_json_type(value)}')
+    return value
+
+
+def _json_type(value: object) -> str:
+    """What JSON calls the type of a parsed value: "an object", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
 
 
 def read_split_lists(folder: Path) -> dict[str, list[str]] | None:
@@ -219,7 +254,7 @@ def read_split_lists(folder: Path) -> dict[str, list[str]] | None:
         if not path.is_file():
             continue
         names = []
-        for line in _read_text(path).split("\n"):
+        for line in read_text(path, DatasetError).split("\n"):
             name = line.strip()
             if not name:
                 continue

@@ -2,16 +2,20 @@
 
 Cleaning follows the original Flickr8k merge-model recipe (lowercase, strip punctuation, drop
 one-letter and non-alphabetic tokens, wrap in ``startseq ... endseq``) so that vocabularies and
-scores stay comparable with the seed project.
+scores stay comparable with the seed project; it keeps the words of every script, their letters
+with their combining marks, in Unicode's composed form (NFC).
 """
 
 from __future__ import annotations
 
 import json
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from captioning.jsonfile import read_json
 
 START = "startseq"
 END = "endseq"
@@ -21,28 +25,53 @@ UNK = "<unk>"
 VOCABULARY_FORMAT = "captioning.vocabulary/1"
 
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
+# Zero-width (non-)joiners spell words in Persian and Indic scripts: kept inside a word, never
+# counted as letters. Other invisible format characters (soft hyphen, bidi marks) are dropped.
+_JOINERS = "\u200c\u200d"
 
 
 def clean_caption(text: str, *, keep_one_letter_words: bool = False) -> str:
     """Clean one raw caption and wrap it in ``startseq ... endseq``.
 
-    ``text`` is a caption as written by an annotator. The result is lowercase, has punctuation
-    stripped from every token, and keeps only alphabetic tokens of at least two characters (at
-    least one with ``keep_one_letter_words``), joined by single spaces, e.g.
-    ``"A child in a pink dress ."`` -> ``"startseq child in pink dress endseq"``.
+    ``text`` is a caption as written by an annotator, in any script. The result is lowercase in
+    Unicode's composed form (NFC), has punctuation and symbols (Unicode categories P* and S*,
+    as ``string.punctuation`` is ASCII's) stripped from every token, and keeps only the tokens
+    made of letters and their combining marks (categories L* and M*: a token with a digit of any
+    script is dropped) of at least two letters (one with ``keep_one_letter_words``), joined by
+    single spaces, e.g. ``"A child in a pink dress ."`` -> ``"startseq child in pink dress
+    endseq"``. A letter with its marks counts as one letter: ``"é"``, Hindi ``"है"`` are
+    one-letter words like ``"a"``.
 
     Returns the empty string ``""`` (not ``"startseq endseq"``) when no word survives, so that
     callers can skip the caption with a plain truth test.
     """
-    min_length = 1 if keep_one_letter_words else 2
+    min_letters = 1 if keep_one_letter_words else 2
     words = []
-    for token in text.split():
-        token = token.lower().translate(_PUNCTUATION_TABLE)
-        if len(token) >= min_length and token.isalpha():
-            words.append(token)
+    for token in unicodedata.normalize("NFC", text.lower()).split():
+        word, letters = _word(token)
+        if letters >= min_letters:
+            words.append(word)
     if not words:
         return ""
     return " ".join([START, *words, END])
+
+
+def _word(token: str) -> tuple[str, int]:
+    """``token`` without its punctuation, symbols and format characters, and how many letters
+    it has; ``("", 0)`` when a digit or control character makes it no word."""
+    if token.isascii():  # nearly every English token: the seed's own rule, fast
+        token = token.translate(_PUNCTUATION_TABLE)
+        return (token, len(token)) if token.isalpha() else ("", 0)
+    kept, letters = [], 0
+    for char in token:
+        category = unicodedata.category(char)
+        if category[0] in "PS" or (category == "Cf" and char not in _JOINERS):
+            continue
+        if category[0] not in "LM" and char not in _JOINERS:
+            return "", 0
+        kept.append(char)
+        letters += category[0] == "L"
+    return "".join(kept).strip(_JOINERS), letters
 
 
 class Vocabulary:
@@ -175,14 +204,11 @@ class Vocabulary:
     def load(cls, path: Path | str) -> Vocabulary:
         """Read a vocabulary written by :meth:`save`.
 
-        Raises ``ValueError`` naming the file when it is not valid UTF-8 JSON in the
-        ``captioning.vocabulary/1`` format (``FileNotFoundError`` if it does not exist).
+        Raises ``ValueError`` naming the file when it cannot be read, is larger than
+        ``jsonfile.MAX_BYTES``, or is not UTF-8 JSON in the ``captioning.vocabulary/1`` format.
         """
         path = Path(path)
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a vocabulary JSON file ({exc})") from exc
+        payload = read_json(path, ValueError)
         if not isinstance(payload, dict) or payload.get("format") != VOCABULARY_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
             raise ValueError(

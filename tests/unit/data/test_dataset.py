@@ -1,6 +1,8 @@
 import json
 import logging
+import os
 import struct
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -97,6 +99,40 @@ def test_caption_whose_image_is_missing_is_skipped_and_counted(tmp_path, caplog)
     assert ds.skipped == (Skipped(names[3], "image file missing", 2),)
     assert names[3] in caplog.text and "image file missing" in caplog.text
 
+
+
+def test_captions_in_any_script_keep_their_words(tmp_path):
+    make_images(tmp_path / "Images", ["a.jpg", "b.jpg"])
+    nfd = unicodedata.normalize("NFD", "Un carré à côté .")
+    write_kaggle(tmp_path, [], extra_lines=["a.jpg,एक लड़का पार्क में खेल रहा है", f"b.jpg,{nfd}"])
+    ds = load_dataset(tmp_path)
+    assert ds.captions == {"a.jpg": ["startseq एक लड़का पार्क खेल रहा endseq"],
+                           "b.jpg": ["startseq un carré côté endseq"]}
+    assert ds.skipped == ()
+
+
+def test_image_that_is_a_symlink_loop_is_skipped_and_reported(tmp_path, caplog):
+    make_images(tmp_path / "Images", ["a.jpg"])
+    (tmp_path / "Images" / "loop.jpg").symlink_to("loop.jpg")
+    write_kaggle(tmp_path, ["a.jpg", "loop.jpg"])
+    with caplog.at_level(logging.WARNING, logger="captioning.data.dataset"):
+        ds = load_dataset(tmp_path)
+    assert list(ds.captions) == ["a.jpg"] and len(ds.captions["a.jpg"]) == 2
+    reason = "image file unreadable (Too many levels of symbolic links)"
+    assert ds.skipped == (Skipped("loop.jpg", reason, 2),)
+    assert "loop.jpg" in caplog.text and reason in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists any folder")
+def test_an_image_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path):
+    make_images(tmp_path / "Images", ["a.jpg"])
+    write_kaggle(tmp_path, ["a.jpg"])
+    (tmp_path / "Images").chmod(0)
+    try:
+        with pytest.raises(DatasetError, match=r"Images: cannot list its files \(Permission"):
+            load_dataset(tmp_path)
+    finally:
+        (tmp_path / "Images").chmod(0o755)
 
 def test_csv_missing_caption_column_names_the_file_and_columns_found(tmp_path):
     make_images(tmp_path / "Images", ["a.jpg"])
@@ -310,6 +346,61 @@ def test_invalid_karpathy_json_names_file_and_line(tmp_path):
     with pytest.raises(DatasetError, match=r"dataset_flickr8k\.json line 2"):
         load_dataset(tmp_path)
 
+
+
+# What replaces (a dict: what updates) images[1] of a good file, and the error's end.
+WRONG_TYPES = {
+    "split-array": ({"split": ["train"]},
+                    '"images"[1] (b.jpg): "split" must be a string, found an array'),
+    "sentences-string": ({"sentences": "A dog ."},
+                         '"images"[1] (b.jpg): "sentences" must be an array, found a string'),
+    "raw-null": ({"sentences": [{"raw": None}]},
+                 '"images"[1] (b.jpg) "sentences"[0]: "raw" must be a string, found null'),
+    "tokens-number": ({"sentences": [{"tokens": ["a", 7]}]},
+                      '"images"[1] (b.jpg) "sentences"[0]: "tokens"[1] must be a string, '
+                      "found a number"),
+    "tokens-string": ({"sentences": [{"raw": "A dog .", "tokens": "a dog"}]},
+                      '"images"[1] (b.jpg) "sentences"[0]: "tokens" must be an array, '
+                      "found a string"),
+    "sentence-empty": ({"sentences": [{}]},
+                       '"images"[1] (b.jpg) "sentences"[0]: has neither "raw" nor "tokens"'),
+    "filename-array": ({"filename": ["b.jpg"]},
+                       '"images"[1]: "filename" must be a string, found an array'),
+    "image-string": ("b.jpg",
+                     '"images"[1]: expected an object with a "filename" string, found a string'),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), WRONG_TYPES.values(), ids=WRONG_TYPES)
+def test_karpathy_field_of_the_wrong_type_is_an_error_naming_file_image_and_key(
+        tmp_path, change, message):
+    second = karpathy_entry("b.jpg", "test")
+    second = {**second, **change} if isinstance(change, dict) else change
+    payload = {"images": [karpathy_entry("a.jpg", "train"), second]}
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(payload), encoding="utf-8")
+    make_images(tmp_path / "Images", ["a.jpg", "b.jpg"])
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(tmp_path)
+    assert str(excinfo.value) == f"{tmp_path / 'dataset_flickr8k.json'}: {message}"
+
+
+def test_karpathy_images_that_are_not_an_array_are_an_error_naming_the_file(tmp_path):
+    payload = {"images": {"a.jpg": karpathy_entry("a.jpg", "train")}}
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(payload), encoding="utf-8")
+    make_images(tmp_path / "Images", ["a.jpg"])
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(tmp_path)
+    assert str(excinfo.value) == (f"{tmp_path / 'dataset_flickr8k.json'}: expected a JSON object "
+                                  'with an "images" array (Karpathy format), found "images" as '
+                                  "an object")
+
+
+def test_karpathy_json_nested_too_deeply_is_an_error_naming_the_file(tmp_path):
+    depth = 100_000
+    (tmp_path / "dataset_flickr8k.json").write_text("[" * depth + "]" * depth, encoding="utf-8")
+    make_images(tmp_path / "Images", ["a.jpg"])
+    with pytest.raises(DatasetError, match=r"dataset_flickr8k\.json: JSON nested too deeply"):
+        load_dataset(tmp_path)
 
 # --- seeded split ----------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 import json
+import unicodedata
 
 import pytest
 
@@ -128,4 +129,51 @@ def test_loading_a_vocabulary_without_reserved_tokens_is_rejected(tmp_path):
     payload = {"format": "captioning.vocabulary/1", "tokens": ["dog", "cat"], "min_count": 2}
     path.write_text(json.dumps(payload), encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.json.*<pad>"):
+        Vocabulary.load(path)
+
+
+# --- captions in any script ------------------------------------------------------------------
+
+HINDI_RAW = "एक लड़का पार्क में खेल रहा है"  # "a boy is playing in the park"
+
+
+def test_words_whose_letters_carry_combining_marks_are_kept():
+    # लड़का, पार्क, खेल, रहा: letters with vowel signs, a nukta, a virama (category M*).
+    assert clean_caption(HINDI_RAW) == "startseq एक लड़का पार्क खेल रहा endseq"
+
+
+def test_a_letter_with_its_marks_counts_as_one_letter():
+    # में (म + two marks) and है (ह + a mark) are one letter each, like English "a".
+    assert clean_caption("में है") == ""
+    assert clean_caption(HINDI_RAW, keep_one_letter_words=True) == f"startseq {HINDI_RAW} endseq"
+    assert clean_caption("où à é", keep_one_letter_words=False) == "startseq où endseq"
+
+
+def test_decomposed_and_composed_spellings_clean_to_the_same_composed_word():
+    decomposed = unicodedata.normalize("NFD", "Un carré, un côté.")
+    assert decomposed != unicodedata.normalize("NFC", decomposed)
+    cleaned = clean_caption(decomposed)
+    assert cleaned == "startseq un carré un côté endseq"
+    assert cleaned == unicodedata.normalize("NFC", cleaned)
+
+
+def test_punctuation_and_symbols_of_any_script_are_stripped_like_ascii_ones():
+    assert clean_caption("«Le chien» — court… “vite”!") == "startseq le chien court vite endseq"
+    assert clean_caption("लड़का खेल रहा है।") == "startseq लड़का खेल रहा endseq"
+
+
+def test_tokens_with_digits_of_any_script_are_dropped():
+    assert clean_caption("तीन ४२ कुत्ते ٣ قطط") == "startseq तीन कुत्ते قطط endseq"
+
+
+def test_invisible_joiners_stay_inside_a_word_and_other_format_marks_go():
+    # Persian writes می‌رود with a zero-width non-joiner; a soft hyphen is only a line-break hint.
+    assert clean_caption("او می\u200cرود") == "startseq او می\u200cرود endseq"
+    assert clean_caption("stair\u00adcase") == "startseq staircase endseq"
+
+
+def test_loading_a_vocabulary_nested_too_deeply_names_the_file(tmp_path):
+    path = tmp_path / "vocab.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocab\.json: JSON nested too deeply"):
         Vocabulary.load(path)
