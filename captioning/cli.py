@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("dir", type=Path)
     sample.add_argument("--images", type=int, default=200)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--force", action="store_true",
+                        help="draw into a folder that holds a dataset, replacing its captions.txt")
 
     prep = commands.add_parser("prepare", help="read the dataset, extract and cache features, "
                                "print dataset statistics")
@@ -150,7 +152,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
     if args.images < 1:
         raise ConfigError(f"--images: expected at least 1, got {args.images}")
-    root = draw_sample_dataset(args.dir, images=args.images, seed=args.seed)
+    root = draw_sample_dataset(args.dir, images=args.images, seed=args.seed,
+                               force=args.force)
     print(f"drew {args.images} images with 5 captions each into {root}")
     return 0
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from captioning.data.layouts import kaggle_file, karpathy_file, token_file
+from captioning.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.txt"
 IMAGES_DIR = "Images"
@@ -233,11 +239,34 @@ def draw_example(seed: int, index: int) -> tuple[Image.Image, Scene, list[str]]:
     return image, scene, captions_for(scene, rng)
 
 
-def draw_sample_dataset(root: Path | str, images: int = 200, seed: int = 0) -> Path:
-    """Write ``images`` synthetic examples under ``root`` in the Flickr8k layout; returns root."""
+def dataset_files(root: Path) -> list[str]:
+    """What of a dataset ``root`` already holds, relative to it: caption files of any layout,
+    and ``Images/`` when it has anything in it."""
+    found = [path.relative_to(root).as_posix()
+             for path in (kaggle_file(root), token_file(root), karpathy_file(root)) if path]
+    images = root / IMAGES_DIR
+    if images.is_dir() and next(images.iterdir(), None) is not None:
+        found.append(f"{IMAGES_DIR}/ with files")
+    return found
+
+
+def draw_sample_dataset(root: Path | str, images: int = 200, seed: int = 0, *,
+                        force: bool = False) -> Path:
+    """Write ``images`` synthetic examples under ``root`` in the Flickr8k layout; returns root.
+
+    Refuses (ConfigError) a ``root`` that is a file, or that already holds a dataset (see
+    :func:`dataset_files`) unless ``force``: its ``captions.txt`` would be replaced.
+    """
     if images < 1:
         raise ValueError(f"images must be at least 1, got {images}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root} is a file, not a folder to draw sample data into")
+    existing = dataset_files(root) if root.is_dir() else []
+    if existing and not force:
+        raise ConfigError(f"{root} already holds a dataset ({', '.join(existing)}); pass --force "
+                          f"to overwrite its {CAPTIONS_FILE} and add the sample images to "
+                          f"{IMAGES_DIR}/")
     image_dir = root / IMAGES_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     with open(root / CAPTIONS_FILE, "w", newline="", encoding="utf-8") as f:
@@ -248,4 +277,9 @@ def draw_sample_dataset(root: Path | str, images: int = 200, seed: int = 0) -> P
             name = image_name(seed, index)
             image.save(image_dir / name, format="JPEG", quality=_JPEG_QUALITY)
             writer.writerows([name, caption] for caption in captions)
+    others = [name for name in existing if name != CAPTIONS_FILE and "/ " not in name]
+    if others:
+        log.warning("%s also holds %s, which data.format auto reads before %s: set "
+                    "data.format: kaggle to train on the sample data", root, ", ".join(others),
+                    CAPTIONS_FILE)
     return root

@@ -1,4 +1,5 @@
 import csv
+import logging
 import re
 import string
 from collections import Counter
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from captioning.cli import main
 from captioning.data.sample import (
     BACKGROUNDS,
     CAPTIONS_FILE,
@@ -155,3 +157,56 @@ def test_vocabulary_is_small_and_no_caption_dominates(dataset: Path) -> None:
     assert 25 <= len(vocabulary) <= 80
     _, top = Counter(" ".join(clean(c)) for c in all_captions).most_common(1)[0]
     assert top / len(all_captions) < 0.05
+
+
+# --- captioning sample-data into a folder that holds data ---------------------------------------
+
+EXISTING = {
+    "captions.txt": ("captions.txt", "image,caption\nmine.jpg,My own caption .\n"),
+    "token": ("Flickr8k.token.txt", "mine.jpg#0\tMy own caption .\n"),
+    "karpathy": ("dataset_flickr8k.json", '{"images": []}'),
+    "images": ("Images/mine.jpg", "not really a photo"),
+}
+
+
+@pytest.mark.parametrize(("name", "content"), EXISTING.values(), ids=EXISTING)
+def test_sample_data_into_a_folder_holding_a_dataset_is_refused_naming_it(
+        tmp_path, capsys, name, content):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    assert main(["sample-data", str(tmp_path), "--images", "2"]) == 2
+    found = "Images/ with files" if name.startswith("Images/") else name
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path} already holds a dataset ({found}); pass --force to overwrite its "
+        f"{CAPTIONS_FILE} and add the sample images to {IMAGES_DIR}/"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                  if p.is_file()) == [name]
+    assert (tmp_path / name).read_text(encoding="utf-8") == content
+
+
+def test_sample_data_with_force_overwrites_the_captions_of_a_dataset(tmp_path, capsys):
+    (tmp_path / CAPTIONS_FILE).write_text("image,caption\nmine.jpg,My own caption .\n", "utf-8")
+    assert main(["sample-data", str(tmp_path), "--images", "2", "--force"]) == 0
+    assert "mine.jpg" not in read_captions(tmp_path) and len(read_captions(tmp_path)) == 2
+
+
+def test_sample_data_into_an_empty_folder_needs_no_force(tmp_path):
+    (tmp_path / IMAGES_DIR).mkdir()
+    assert main(["sample-data", str(tmp_path), "--images", "2"]) == 0
+    assert len(read_captions(tmp_path)) == 2
+
+
+def test_sample_data_into_a_path_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "data").write_text("a file", encoding="utf-8")
+    assert main(["sample-data", str(tmp_path / "data"), "--images", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path / 'data'} is a file, not a folder to draw sample data into"]
+
+
+def test_forcing_sample_data_next_to_a_token_file_warns_that_it_is_read_first(tmp_path, caplog):
+    (tmp_path / "Flickr8k.token.txt").write_text("mine.jpg#0\tMy own caption .\n", "utf-8")
+    with caplog.at_level(logging.WARNING, logger="captioning.data.sample"):
+        draw_sample_dataset(tmp_path, images=2, force=True)
+    assert "also holds Flickr8k.token.txt, which data.format auto reads before captions.txt" in (
+        caplog.text)
+    assert (tmp_path / "Flickr8k.token.txt").read_text("utf-8") == "mine.jpg#0\tMy own caption .\n"
