@@ -32,16 +32,13 @@ _NEG = -1e9  # added to the scores of positions a query must not see
 class TransformerConfig(Section):
     """A Transformer decoder over the projected feature map (model.decoder: transformer)."""
 
-    # decoder layers: causal self-attention, cross-attention
+    # Decoder layers (self-, cross-attention); encoder layers (self-attention over the map).
     layers: Annotated[StrictInt, Field(ge=1), at_most(64, "decoder layers")] = 2
-    # self-attention layers over the feature map
     encoder_layers: Annotated[StrictInt, Field(ge=0), at_most(64, "layers")] = 0
     units: Annotated[StrictInt, Field(ge=8), at_most(8192, "model width")] = 256
     heads: Annotated[StrictInt, Field(ge=1), at_most(128, "attention heads")] = 4
-    # of each layer's feed-forward block
     ff_units: Annotated[StrictInt, Field(ge=1), at_most(32_768, "feed-forward width")] = 1024
-    # Of the residual branches and the token embeddings. None: model.dropout, whose 0.5 was
-    # chosen for the seed's LSTM merge model, far above what Transformers use (~0.1).
+    # Of residual branches and token embeddings. None: model.dropout (0.5, for LSTMs; ~0.1 here)
     dropout: StrictFloat | None = Field(None, ge=0.0, lt=1.0)
     # logits = h E^T + b, E the word embeddings (Press & Wolf 2017), trained even if frozen
     tie_embeddings: bool = False
