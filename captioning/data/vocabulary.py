@@ -37,19 +37,19 @@ def clean_caption(text: str, *, keep_one_letter_words: bool = False) -> str:
     Unicode's composed form (NFC), has punctuation and symbols (Unicode categories P* and S*,
     as ``string.punctuation`` is ASCII's) stripped from every token, and keeps only the tokens
     made of letters and their combining marks (categories L* and M*: a token with a digit of any
-    script is dropped) of at least two letters (one with ``keep_one_letter_words``), joined by
-    single spaces, e.g. ``"A child in a pink dress ."`` -> ``"startseq child in pink dress
-    endseq"``. A letter with its marks counts as one letter: ``"é"``, Hindi ``"है"`` are
-    one-letter words like ``"a"``.
+    script is dropped) of at least two characters (one with ``keep_one_letter_words``), joined
+    by single spaces, e.g. ``"A child in a pink dress ."`` -> ``"startseq child in pink dress
+    endseq"``. Characters are counted in NFC, marks included, as the seed counted them: ``"à"``
+    is one like ``"a"``, and Hindi ``"है"`` (a letter and a vowel sign) two, so it is kept.
 
     Returns the empty string ``""`` (not ``"startseq endseq"``) when no word survives, so that
     callers can skip the caption with a plain truth test.
     """
-    min_letters = 1 if keep_one_letter_words else 2
+    min_length = 1 if keep_one_letter_words else 2
     words = []
     for token in unicodedata.normalize("NFC", text.lower()).split():
-        word, letters = _word(token)
-        if letters >= min_letters:
+        word, length = _word(token)
+        if length >= min_length:
             words.append(word)
     if not words:
         return ""
@@ -58,11 +58,11 @@ def clean_caption(text: str, *, keep_one_letter_words: bool = False) -> str:
 
 def _word(token: str) -> tuple[str, int]:
     """``token`` without its punctuation, symbols and format characters, and how many letters
-    it has; ``("", 0)`` when a digit or control character makes it no word."""
+    and marks it has; ``("", 0)`` when a digit or control character makes it no word."""
     if token.isascii():  # nearly every English token: the seed's own rule, fast
         token = token.translate(_PUNCTUATION_TABLE)
         return (token, len(token)) if token.isalpha() else ("", 0)
-    kept, letters = [], 0
+    kept, length = [], 0
     for char in token:
         category = unicodedata.category(char)
         if category[0] in "PS" or (category == "Cf" and char not in _JOINERS):
@@ -70,8 +70,8 @@ def _word(token: str) -> tuple[str, int]:
         if category[0] not in "LM" and char not in _JOINERS:
             return "", 0
         kept.append(char)
-        letters += category[0] == "L"
-    return "".join(kept).strip(_JOINERS), letters
+        length += char not in _JOINERS
+    return "".join(kept).strip(_JOINERS), length
 
 
 class Vocabulary:

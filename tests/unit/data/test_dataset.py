@@ -106,7 +106,7 @@ def test_captions_in_any_script_keep_their_words(tmp_path):
     nfd = unicodedata.normalize("NFD", "Un carré à côté .")
     write_kaggle(tmp_path, [], extra_lines=["a.jpg,एक लड़का पार्क में खेल रहा है", f"b.jpg,{nfd}"])
     ds = load_dataset(tmp_path)
-    assert ds.captions == {"a.jpg": ["startseq एक लड़का पार्क खेल रहा endseq"],
+    assert ds.captions == {"a.jpg": ["startseq एक लड़का पार्क में खेल रहा है endseq"],
                            "b.jpg": ["startseq un carré côté endseq"]}
     assert ds.skipped == ()
 
