@@ -26,8 +26,9 @@ def greedy(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, max_length
            attention: list[np.ndarray] | None = None) -> list[list[int]]:
     """Most likely word at each step, for every row of `features` (images, ...) at once.
 
-    Returns token ids per image, without startseq, ending before endseq; at most
-    max_length - 2 words, since max_length counts startseq and endseq as training does.
+    Returns token ids per image, without startseq, ending before endseq; at least one word
+    (endseq is never the first: an empty caption is no caption) and at most max_length - 2,
+    since max_length counts startseq and endseq as training does.
     With `attention` (a list), a decoder that attends appends to it, per image, where it
     looked for each word: (words, positions).
     """
@@ -37,9 +38,11 @@ def greedy(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, max_length
     finished = np.zeros(count, bool)
     out: list[list[int]] = [[] for _ in range(count)]
     looked: list[list[np.ndarray]] = [[] for _ in range(count)]
-    for _ in range(max_length - 2):  # max_length counts startseq and endseq
+    for step in range(max_length - 2):  # max_length counts startseq and endseq
         logits, state = decoder.step(context, tokens, state)
         logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf  # never words of a caption
+        if step == 0:
+            logits[:, vocab.end_id] = -np.inf  # at least one word: never an empty caption
         tokens = logits.argmax(axis=-1).astype("int32")
         for row in np.flatnonzero(~finished):
             if tokens[row] == vocab.end_id:
@@ -59,8 +62,12 @@ def greedy(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, max_length
 def beam_search(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, width: int,
                 max_length: int, attention: list[np.ndarray] | None = None
                 ) -> list[list[int]]:
-    """The highest-scoring (summed log-probability) caption among `width` beams per image.
+    """The highest-scoring (summed log-probability) caption among `width` beams per image, of
+    at least one word (as `greedy`, endseq cannot end a beam at its first step).
 
+    Scores are not normalised by length: the most likely caption is what the exhaustive test
+    checks and what every sweep's scores were decoded with, and a length penalty would not
+    have stopped endseq-first anyway (the empty caption has no words to normalise by).
     All images' beams advance together: one step call on (images * width) rows. A beam that
     emits endseq is finished and keeps its score; if no beam ever ends, the best unfinished
     beam at max_length is returned. `attention` as for `greedy`, for the winning beams.
@@ -79,7 +86,7 @@ def beam_search(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, width
     finished = np.zeros(rows, bool)
     sequences = np.zeros((rows, 0), "int32")
     looked: np.ndarray | None = None  # (rows, steps, positions) where each beam looked
-    for _ in range(max_length - 2):  # max_length counts startseq and endseq
+    for step in range(max_length - 2):  # max_length counts startseq and endseq
         logits, state = decoder.step(context, tokens, state)
         if decoder.attention is not None:
             alpha = decoder.attention[:, None]  # (rows, 1, positions), before this step's words
@@ -89,6 +96,10 @@ def beam_search(decoder: Stepper, vocab: Vocabulary, features: np.ndarray, width
         # over the words a caption can have (and captions of different lengths compare).
         logits[:, [vocab.pad_id, vocab.start_id]] = -np.inf
         logp = _log_softmax(logits)
+        if step == 0:
+            # At least one word: an undertrained model's likeliest caption is often endseq
+            # alone. Out after normalising, so the scores stay the captions' log-probabilities.
+            logp[:, vocab.end_id] = -np.inf
         # A finished beam can only extend with padding, at no cost.
         logp[finished] = -np.inf
         logp[finished, vocab.pad_id] = 0.0

@@ -72,6 +72,8 @@ def test_greedy_takes_the_argmax_word_of_the_full_model_at_every_step(vocab, dec
             logits = np.asarray(model.predict_on_batch(
                 [feature[None], np.array([tokens], "int32")]))[0, -1]
             logits[[vocab.pad_id, vocab.start_id]] = -np.inf
+            if len(tokens) == 1:
+                logits[vocab.end_id] = -np.inf  # a caption has at least one word
             word = int(logits.argmax())
             if word == vocab.end_id:
                 break
@@ -89,7 +91,7 @@ def test_beam_search_finds_the_most_likely_caption_when_the_beam_covers_everythi
                         max_length=max_length)
     for row, feature in enumerate(features):
         best, best_score = None, -np.inf
-        for n in range(max_length - 1):
+        for n in range(1, max_length - 1):  # at least one word
             for sequence in itertools.product(words, repeat=n):
                 if vocab.end_id in sequence:
                     continue
@@ -125,6 +127,19 @@ def test_decoding_stops_at_max_length_when_no_caption_ever_ends(vocab, width, de
     features = image_features(decoder, np.random.default_rng(4), 3)
     result = beam_search(step_decoder(model), vocab, features, width, max_length=7)
     assert [len(words) for words in result] == [5, 5, 5]  # max_length minus start and end
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_a_model_that_would_end_every_caption_at_once_still_gets_one_word(vocab, width,
+                                                                          decoder):
+    # An undertrained model: endseq is by far the likeliest word at every step.
+    model = make_model(vocab, seed=9, decoder=decoder)
+    weights = model.get_layer("logits").get_weights()
+    weights[1][vocab.end_id] = 1e3
+    model.get_layer("logits").set_weights(weights)
+    features = image_features(decoder, np.random.default_rng(8), 3)
+    captions = generate(step_decoder(model), vocab, features, beam_width=width, max_length=8)
+    assert [len(caption.split()) for caption in captions] == [1, 1, 1]
 
 
 def test_generated_text_has_no_start_or_end_marker(vocab, decoder):
