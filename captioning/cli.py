@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--attention", type=Path, default=None, metavar="OUT.png",
                          help="also draw each image with where the decoder looked for each "
                               "word (the attention decoder); with several images, "
-                              "OUT-<image>.png each")
+                              "OUT-<image>.png each (OUT-<image>-<position>.png where two "
+                              "images share a name)")
     _tracking_arg(caption)
 
     promote = commands.add_parser(
@@ -312,25 +313,19 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def _caption_with_attention(captioner: object, args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from captioning.evaluation.figures import attention_figure
+    from captioning.inference.attention import attention_files, draw_attention
 
     if not captioner.attends:
         raise ConfigError(f"--attention: this model's decoder ({captioner.config.model.decoder})"
                           " does not say where it looks; the attention decoder does")
     failures = 0
-    for path in args.images:
-        result = captioner.attend(path, args.beam)
-        if not isinstance(result, tuple):
+    for path, out in zip(args.images, attention_files(args.attention, args.images),
+                         strict=True):
+        words = draw_attention(captioner, path, out, args.beam)
+        if not isinstance(words, list):
             failures += 1
-            print(f"error: {result}", file=sys.stderr)
+            print(f"error: {words}", file=sys.stderr)
             continue
-        words, maps = result
-        out = args.attention if len(args.images) == 1 else args.attention.with_name(
-            f"{args.attention.stem}-{Path(path).stem}{args.attention.suffix or '.png'}")
-        with Image.open(path) as image:
-            attention_figure([(image, words, maps)], out)
         print(f"{path}\t{' '.join(words)}\t(attention: {out})")
     return 1 if failures else 0
 

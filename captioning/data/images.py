@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # refused before any pixel is decoded. PIL itself refuses more than 2 x Image.MAX_IMAGE_PIXELS
 # (179 megapixels) when it opens any file, as a possible decompression bomb.
 MAX_PIXELS = 64_000_000
+# The most bytes read from a pipe or device (`caption /dev/stdin`), which is read into memory
+# before it is decoded: the pixel bound as uncompressed RGB, which no image file within it
+# needs to exceed. A regular file is not read whole, so needs no such bound.
+MAX_STREAM_BYTES = 3 * MAX_PIXELS
 
 
 class ImageError(ValueError):
@@ -42,17 +47,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 ImageSource = Path | str | bytes
 
 
+def readable(source: ImageSource, label: str | None = None) -> ImageSource:
+    """`source` as it can be read more than once: the bytes of a pipe or device (a named pipe,
+    /dev/stdin), read to its end now, at most MAX_STREAM_BYTES; any other source unchanged.
+    Raises ImageError (naming `label`, else the file) if there are more bytes than that."""
+    if isinstance(source, bytes | bytearray):
+        return source
+    try:
+        mode = Path(source).stat().st_mode
+    except OSError:
+        return source  # load_image says why it cannot be read
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return source
+    with Path(source).open("rb") as stream:
+        data = stream.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageError(Path(label or source), f"more than {MAX_STREAM_BYTES // 1_000_000} "
+                         "MB from a pipe or device: too large for an image within the "
+                         f"{MAX_PIXELS // 1_000_000} megapixels decoded")
+    return data
+
+
 def load_image(source: ImageSource, size: int, label: str | None = None) -> np.ndarray:
     """Decode an image file (or its encoded bytes) and resize it to (size, size, 3) uint8 RGB.
 
     Handles JPEG/PNG/… in greyscale, palette, CMYK, 16-bit and alpha (composited on white),
     honours EXIF orientation, and raises ImageError for missing, empty, truncated or non-image
     files, and for images of more than MAX_PIXELS pixels (after a JPEG's reduced-scale
-    decoding), before decoding them. Errors name `label`, else the file (or "image bytes").
+    decoding), before decoding them. A pipe or device (/dev/stdin) is read to its end first
+    (see `readable`). Errors name `label`, else the file (or "image bytes").
     """
-    encoded = isinstance(source, bytes | bytearray)
-    path = Path(label or ("image bytes" if encoded else source))
+    path = Path(label or ("image bytes" if isinstance(source, bytes | bytearray) else source))
     try:
+        source = readable(source, str(path))
+        encoded = isinstance(source, bytes | bytearray)
         if (len(source) if encoded else Path(source).stat().st_size) == 0:
             raise ImageError(path, "empty (0 bytes), not an image")
         with Image.open(io.BytesIO(source) if encoded else Path(source)) as image:

@@ -105,7 +105,9 @@ def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence
             if outputs.ndim != 4:
                 raise ValueError(f"encoder {encoder_config.name} gives vectors, not a feature "
                                  "map: a grid decoder cannot read them")
-            rows.append(outputs.reshape(len(outputs), -1, outputs.shape[-1]))
+            # (rows, h * w, channels); spelt out, as -1 cannot be inferred for no rows
+            rows.append(outputs.reshape(len(outputs), outputs.shape[1] * outputs.shape[2],
+                                        outputs.shape[3]))
         else:
             rows.append(pooled(outputs).astype(encoder_config.cache_dtype))
         kept.extend(positions)

@@ -1,2 +1,2 @@
 """Captioning images with a trained model directory (captioner.py): what `caption`, `evaluate`
-and the served MLflow model run."""
+and the served MLflow model run; attention figures of captioned files (attention.py)."""

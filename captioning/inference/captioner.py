@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from captioning.data.vocabulary import Vocabulary
 from captioning.errors import ConfigError, ModelDirError, first_line
 from captioning.features.encoders import build_encoder
 from captioning.features.extract import encode_images
+from captioning.jsonfile import read_json
 from captioning.models.build import captioner_problem, load_keras_model, step_decoder
 from captioning.models.decoding import beam_search, generate
 from captioning.models.protocol import Stepper
@@ -36,12 +37,10 @@ def check_model_files(model_dir: Path) -> None:
 def read_model_config(model_dir: Path) -> ExperimentConfig:
     """config.json of a model directory; an encoder weights or model file named relative to
     the directory (as in a packaged model, see `tracking.pyfunc.package`) is resolved against
-    it."""
+    it. A file that is not JSON (or too large, or too deep) is a ModelDirError, a config that
+    is not valid a ConfigError."""
     path = model_dir / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read the model's config ({error})") from None
+    data = read_json(path, ModelDirError)
     encoder = data.get("encoder") if isinstance(data, dict) else None
     for key in ("weights", "model"):
         value = encoder.get(key) if isinstance(encoder, dict) else None
@@ -71,10 +70,18 @@ class Captioner:
         check_model_files(model_dir)
         try:
             config = read_model_config(model_dir)
-            vocab = Vocabulary.load(model_dir / "vocab.json")
-        except (ConfigError, ValueError, OSError) as error:
+        except ConfigError as error:
             raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
+        try:
+            vocab = Vocabulary.load(model_dir / "vocab.json")
+        except ValueError as error:  # one line naming the file (captioning.jsonfile)
+            raise ModelDirError(str(error)) from None
         path = model_dir / "model.keras"
+        if not zipfile.is_zipfile(path):
+            # Keras itself says "File not found" of a file that is there but is no zip.
+            raise ModelDirError(f"{path}: truncated or corrupt: {path.stat().st_size} bytes "
+                                "that are not a zip archive, as every .keras file is; copy or "
+                                "train the model again")
         try:
             model = load_keras_model(path)
         except Exception as error:  # Keras raises many types for foreign or broken files
@@ -121,12 +128,13 @@ class Captioner:
             results[position] = caption
         return results
 
-    def attend(self, path: Path, beam_width: int | None = None
-               ) -> tuple[list[str], np.ndarray] | ImageError:
-        """The caption of one image file as words, with where the decoder looked for each:
-        (words, maps (words, positions)); or the ImageError that stopped it."""
-        features, kept, errors = encode_images(self.encoder, self.config.encoder, [path],
-                                               grid=True)
+    def attend(self, source: ImageSource, beam_width: int | None = None,
+               label: str | None = None) -> tuple[list[str], np.ndarray] | ImageError:
+        """The caption of one image file (or its bytes) as words, with where the decoder
+        looked for each: (words, maps (words, positions)); or the ImageError that stopped it,
+        naming `label` if given."""
+        features, kept, errors = encode_images(self.encoder, self.config.encoder, [source],
+                                               labels=[label] if label else None, grid=True)
         if not kept:
             return errors[0]
         maps: list[np.ndarray] = []

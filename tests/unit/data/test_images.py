@@ -1,12 +1,14 @@
 """load_image: every common kind of image file becomes (size, size, 3) uint8 RGB, or ImageError."""
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.data.images import MAX_PIXELS, ImageError, load_image
+from captioning.data.images import MAX_PIXELS, MAX_STREAM_BYTES, ImageError, load_image
 from captioning.data.sample import IMAGES_DIR, draw_sample_dataset
 from conftest import flat_png
 
@@ -245,3 +247,41 @@ def test_jpeg_above_the_pixel_limit_still_loads_at_reduced_scale(tmp_path):
 
 def test_image_error_is_a_value_error():
     assert issubclass(ImageError, ValueError)
+
+
+def write_into(fifo: Path, data: bytes) -> threading.Thread:
+    """A writer that opens the named pipe (waiting for its reader), writes `data`, closes."""
+
+    def write() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_a_named_pipe_is_read_to_its_end_like_the_file_it_carries(tmp_path, sample_jpeg):
+    fifo = tmp_path / "image.pipe"
+    os.mkfifo(fifo)
+    writer = write_into(fifo, sample_jpeg.read_bytes())
+    array = load_image(fifo, 75)
+    writer.join()
+    np.testing.assert_array_equal(array, load_image(sample_jpeg, 75))
+
+
+def test_an_empty_pipe_is_an_empty_image(tmp_path):
+    fifo = tmp_path / "empty.pipe"
+    os.mkfifo(fifo)
+    writer = write_into(fifo, b"")
+    with pytest.raises(ImageError, match=r"empty\.pipe: empty \(0 bytes\), not an image"):
+        load_image(fifo, SIZE)
+    writer.join()
+
+
+def test_a_device_that_never_ends_is_refused_after_the_stream_bound():
+    with pytest.raises(ImageError) as caught:
+        load_image("/dev/zero", SIZE)
+    assert str(caught.value) == (
+        f"/dev/zero: more than {MAX_STREAM_BYTES // 1_000_000} MB from a pipe or device: too "
+        "large for an image within the 64 megapixels decoded")
