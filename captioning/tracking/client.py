@@ -10,7 +10,10 @@ for logging or registering a model) is pointed at one for the duration of `using
 from __future__ import annotations
 
 import os
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -71,8 +74,9 @@ def using(uri: str):
                 os.environ[key] = value
 
 
-def check_reachable(uri: str) -> None:
-    """Raise TrackingError now, before any trial runs, if `uri` cannot be used."""
+def check_reachable(uri: str, setting: str = "sweep.tracking_uri") -> None:
+    """Raise TrackingError now, before any work, if `uri` cannot be used; its message says to
+    fix `setting` (the config key or command-line flag that named the server)."""
     try:
         with fail_fast():
             MlflowClient(uri).search_experiments(max_results=1)
@@ -81,7 +85,35 @@ def check_reachable(uri: str) -> None:
         raise TrackingError(
             f"MLflow tracking server {uri} cannot be reached ({type(error).__name__}: "
             f"{reason}); start it (mlflow server --host 127.0.0.1 --port 5000) or set "
-            f"sweep.tracking_uri / MLFLOW_TRACKING_URI") from None
+            f"{setting} / MLFLOW_TRACKING_URI") from None
+
+
+def local_store(uri: str) -> tuple[str, Path] | None:
+    """What a store on this machine's disk is and where: ("SQLite file", path) for
+    sqlite:///path, ("folder", path) for a file: URI or a bare path (MLflow's file store);
+    None for a server, or an SQLite store in memory."""
+    if uri.startswith("sqlite:"):
+        if not uri.startswith("sqlite:///"):
+            return None  # sqlite:// is in memory
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        return None if path in ("", ":memory:") else ("SQLite file", Path(path))
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return "folder", Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme or uri == "databricks":
+        return None
+    return "folder", Path(uri)
+
+
+def check_store_exists(uri: str) -> None:
+    """For a command that only reads the store: raise TrackingError if `uri` names a store on
+    disk that is not there, before MLflow would create it (and its folders) empty."""
+    store = local_store(uri)
+    if store is not None and not store[1].exists():
+        kind, path = store
+        raise TrackingError(
+            f"tracking store {uri}: no such {kind} {path.absolute()}; nothing was created: "
+            "pass --tracking-uri (or set MLFLOW_TRACKING_URI) the store a sweep wrote to")
 
 
 def is_unreachable(error: BaseException) -> bool:

@@ -24,13 +24,14 @@ from mlflow.exceptions import MlflowException
 
 from captioning.errors import RegistryError, first_line
 from captioning.evaluation.metrics import mode_of
-from captioning.tracking.client import check_reachable, using
+from captioning.tracking.client import check_reachable, check_store_exists, using
 from captioning.tracking.pyfunc import ARTIFACT
 from captioning.tracking.runs import MODEL_TAG, SWEEP_TAG, TRIAL_TAG
 
 log = logging.getLogger(__name__)
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
+TRACKED_SCHEMES = URI_SCHEMES[:3]  # the URIs that the tracking server resolves
 
 
 @dataclass
@@ -129,7 +130,8 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
     `experiment`, else the newest sweep in the store. Trials are ranked by `metric` (default:
     the one the sweep ranked them by) at the epoch their model was kept.
     """
-    check_reachable(tracking_uri)
+    check_store_exists(tracking_uri)
+    check_reachable(tracking_uri, "--tracking-uri")
     try:
         return _promote(MlflowClient(tracking_uri, registry_uri=tracking_uri), tracking_uri,
                         experiment, sweep_run, metric, mode, model_name, alias)
@@ -211,7 +213,13 @@ def is_uri(model: str | Path) -> bool:
 
 def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
     """Download the model at `model` (models:/name@alias, models:/name/3, runs:/id/model, ...)
-    into `dest` and return its captioning model directory."""
+    into `dest` and return its captioning model directory.
+
+    A models:/, runs:/ or mlflow-artifacts:/ URI needs the tracking store: one on disk that is
+    not there is refused (not created), and a server that does not answer fails at once."""
+    if model.startswith(TRACKED_SCHEMES):
+        check_store_exists(tracking_uri)
+        check_reachable(tracking_uri, "--tracking-uri")
     try:
         # Set globally too: MLflow 3.17 resolves models:/ aliases with the global registry.
         with using(tracking_uri):
