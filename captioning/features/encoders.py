@@ -191,7 +191,8 @@ def build_encoder(config: EncoderSettings) -> Any:
     (batch, h, w, channels), or (batch, dim) for a model of one's own that pools itself.
 
     ImageNet weights are downloaded once by Keras into ~/.keras/models on the machine that
-    calls this; "none" builds seeded random weights and needs no network. A weights file or
+    calls this (a failed download is a ConfigError saying what to give instead); "none"
+    builds seeded random weights and needs no network. A weights file or
     alpha that does not fit the architecture is a ConfigError naming the file and what it
     expected, raised before any image is read.
     """
@@ -223,3 +224,27 @@ def build_encoder(config: EncoderSettings) -> Any:
                 f"({first_line(error, 200)})") from None
         raise ConfigError(f"encoder: {what} cannot be built with weights "
                           f"{config.weights!r} ({first_line(error, 200)})") from None
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if argument != "imagenet" or not _download_failed(error):
+            raise
+        raise ConfigError(
+            f"encoder.weights: imagenet: the ImageNet weights of keras.applications."
+            f"{spec.constructor} could not be downloaded ({first_line(error, 240)}); without "
+            "the network, give a local weights file (encoder.weights: /path/to.h5) or random "
+            "weights (encoder.weights: none)") from None
+
+
+def _download_failed(error: BaseException) -> bool:
+    """Whether `error`, raised while keras.applications fetched weights, is the network's:
+    keras.utils.get_file re-raises urllib's URLError as "URL fetch failure on <url>"."""
+    import http.client
+    import urllib.error
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if str(seen).startswith("URL fetch failure") or isinstance(
+                seen, urllib.error.URLError | http.client.HTTPException | ConnectionError
+                | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -4,6 +4,8 @@ a Keras model of one's own. Weights files are made here (random weights saved by
 
 from __future__ import annotations
 
+import socket
+
 import keras
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from captioning.features.encoders import (
     preprocessing,
     snake_name,
 )
+from conftest import run_cli
 
 FAMILIES = ["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
             *[f"efficientnet_b{i}" for i in range(8)], "efficientnet_v2_b0", "efficientnet_v2_s",
@@ -113,3 +116,28 @@ def test_a_model_file_carrying_code_is_refused_in_safe_mode(tmp_path):
     with pytest.raises(ConfigError, match="cannot be loaded as a Keras model in safe mode"):
         build_encoder(EncoderConfig(name="x", model=str(path), preprocess="tf",
                                     image_size=32))
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_saying_what_to_give(
+        tmp_path, sample_root):
+    # No weights cached (an empty KERAS_HOME), and every download goes through a proxy on a
+    # port that refuses connections: the fetch fails at once, network or not.
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        env = {"KERAS_HOME": str(tmp_path / "keras"), "CAPTIONING_CACHE_DIR": str(tmp_path),
+               "NO_PROXY": "", "no_proxy": "",
+               **{name: proxy for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                           "http_proxy")}}
+        result = run_cli("prepare", "--set", f"data.root={sample_root}",
+                         "--set", "encoder.weights=imagenet", "--set", "encoder.image_size=75",
+                         env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: encoder.weights: imagenet: the ImageNet weights of "
+        "keras.applications.InceptionV3 could not be downloaded (URL fetch failure on https://")
+    assert last.endswith("); without the network, give a local weights file "
+                         "(encoder.weights: /path/to.h5) or random weights (encoder.weights: "
+                         "none)")
+    assert "Traceback" not in result.stderr
