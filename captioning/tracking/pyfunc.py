@@ -1,9 +1,11 @@
 """A trained captioner as an MLflow model: a pyfunc that captions raw images.
 
 Input: a DataFrame with one column, `image`, holding encoded image files (JPEG, PNG, ...) as
-bytes. Over REST the bytes travel as base64 strings; MLflow decodes them, because the
-signature types the column as binary. Output: one row per image, with `caption`, and `error`
-when that image could not be read (its caption is then null).
+bytes. Over REST the bytes travel as base64 strings, which the model decodes row by row: the
+signature types the column as any, not binary, since MLflow's server would decode a binary
+column itself and refuse the whole request for one row that is not base64. Output: one row
+per image, with `caption`, and `error` when that image could not be read or decoded (its
+caption is then null); the other rows are captioned.
 
 The model is logged "from code": MLflow stores a copy of `model_code.py` (three lines that
 import `CaptionerModel` from the installed `captioning` package; models logged by 0.1.0
@@ -33,10 +35,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
 
 from captioning.data.sample import draw_example
+from captioning.errors import ModelDirError
 from captioning.features.encoders import input_size
 from captioning.inference.captioner import Captioner, check_model_files, read_model_config
+from captioning.jsonfile import read_json
 from captioning.tracking.client import using
 from captioning.training.devices import enable_memory_growth
 
@@ -68,11 +73,11 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
                              f"{list(frame.columns)}")
         sources, bad = [], {}
         for row, value in enumerate(frame["image"]):
-            sources.append(_image_bytes(value))
-            if sources[-1] is None:
-                bad[row] = f"row {row}: expected image file bytes or base64, got " \
-                           f"{type(value).__name__}"
-                sources[-1] = b""
+            source = _image_bytes(value)
+            if isinstance(source, str):
+                bad[row] = f"row {row}: {source}"
+                source = b""
+            sources.append(source)
         beam = (params or {}).get("beam_width")
         if beam is not None and not 1 <= int(beam) <= MAX_BEAM_WIDTH:
             raise MlflowException.invalid_parameter_value(
@@ -87,20 +92,23 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"caption": captions, "error": errors}, dtype=object)
 
 
-def _image_bytes(value: Any) -> bytes | None:
+def _image_bytes(value: Any) -> bytes | str:
+    """A row's image file bytes: bytes as they are, a string decoded as base64 (line breaks
+    allowed, as MLflow's own serving example has them); else why not, as a string."""
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    if isinstance(value, str):  # base64, when called without MLflow's schema enforcement
+    if isinstance(value, str):  # base64, as REST requests send them
         try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    return None
+            return base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError) as error:
+            return f"not base64 ({error})"
+    return f"expected image file bytes or base64, got {type(value).__name__}"
 
 
 def signature(beam_width: int) -> ModelSignature:
     return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
+        # Any, not binary: see the module docstring.
+        inputs=Schema([ColSpec(AnyType(), "image")]),
         outputs=Schema([ColSpec("string", "caption"), ColSpec("string", "error",
                                                               required=False)]),
         params=ParamSchema([ParamSpec("beam_width", "long", beam_width)]))
@@ -134,7 +142,7 @@ def package(model_dir: Path, dest: Path) -> Path:
     for name in PACKAGED_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = read_json(model_dir / "config.json", ModelDirError)
     # Resolved as loading does: a packaged model's encoder files are relative to its folder.
     encoder = read_model_config(model_dir).encoder
     files = {"weights": encoder.weights_file,
