@@ -270,10 +270,11 @@ def test_saved_config_reads_back_equal(tmp_path):
     assert read_model_config(tmp_path) == config
 
 
-def test_unreadable_saved_config_is_a_config_error(tmp_path):
+def test_a_saved_config_that_is_json_but_not_a_config_is_a_config_error_naming_it(tmp_path):
+    # (A config.json that is not JSON at all is the model directory's error: test_captioner.)
     path = tmp_path / "config.json"
-    path.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ConfigError, match="cannot read the model's config"):
+    path.write_text('{"train": {"epochs": "many"}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{path}.*train.epochs"):
         read_model_config(tmp_path)
 
 

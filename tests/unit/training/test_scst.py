@@ -15,7 +15,7 @@ from captioning.config.schema import ScstConfig, TrainConfig
 from captioning.data.vocabulary import END, START, Vocabulary
 from captioning.evaluation.reward import CiderReward
 from captioning.models.build import PolicyGradientLoss, compile_scst, step_decoder
-from captioning.models.decoding import greedy, sample
+from captioning.models.decoding import sample
 from captioning.training.scst import ScstStep, advantages, teacher_inputs
 
 
@@ -89,8 +89,10 @@ def test_the_policy_gradient_loss_is_the_advantage_weighted_log_likelihood():
 
 @pytest.mark.parametrize("baseline", ["mean", "greedy"])
 def test_scst_steps_raise_the_reward_of_the_models_captions(vocab, decoder, baseline):
-    # Four images, each with references made of one word: after some steps the greedy
-    # captions earn more CIDEr-D than the untrained model's did.
+    # Four images, each with references made of one word: after 40 steps the model's captions
+    # earn more CIDEr-D on average (the expected reward, which is what SCST climbs) than the
+    # untrained model's did. Estimated from 300 captions per image drawn with one fixed seed;
+    # the greedy caption is not asserted on, as one changed word moves it by 0.7 to 2.5.
     model = make_model(vocab, seed=13, decoder=decoder)
     # Glorot's weights again (make_model sharpens them): samples that differ from each other.
     model.set_weights([w / 3 if w.ndim == 2 else w for w in model.get_weights()])
@@ -103,15 +105,18 @@ def test_scst_steps_raise_the_reward_of_the_models_captions(vocab, decoder, base
     compile_scst(model, TrainConfig(scst=settings.model_copy(update={"learning_rate": 0.02})))
     stepper = step_decoder(model)
 
-    def greedy_reward() -> float:
-        captions = [vocab.decode(ids) for ids in greedy(stepper, vocab, features, 5)]
-        return float(reward.scores(names, captions).mean())
+    def expected_reward() -> float:
+        drawn = sample(stepper, vocab, features, 300, 5, np.random.default_rng(99))
+        images = [name for name in names for _ in range(300)]
+        return float(reward.scores(images, [vocab.decode(ids) for ids in drawn]).mean())
 
-    before = greedy_reward()
+    before = expected_reward()
     step = ScstStep(model, stepper, vocab, reward, settings)
     rng = np.random.default_rng(3)
     for _ in range(40):
         step(features, names, rng)
-    assert greedy_reward() > before + 1.0  # measured: +1.2 to +2.4 of a best 10
+    # Measured over model seeds 13-15, both baselines, every decoder, TensorFlow and JAX:
+    # from 0.4-0.9 to a gain of 1.06 to 2.6 (of a best 10); 0.5 leaves room for other CPUs.
+    assert expected_reward() > before + 0.5
     assert step.times.steps == 40 and step.times.sampling > 0 and step.times.update > 0
     assert np.mean(step.times.rewards[-5:]) > np.mean(step.times.rewards[:5])
