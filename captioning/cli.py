@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from captioning.config import limits
 from captioning.config.shipped import DEFAULT_EXPERIMENT
 from captioning.errors import CaptioningError, ConfigError
 from captioning.log import show_info_logs
@@ -41,11 +42,7 @@ def _tracking_arg(parser: argparse.ArgumentParser) -> None:
                              "(default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
+_beam_width = limits.flag(limits.MAX_BEAM_WIDTH, limits.BEAM_WHY)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample-data", help="draw a small synthetic dataset "
                                  "(Kaggle Flickr8k layout)")
     sample.add_argument("dir", type=Path)
-    sample.add_argument("--images", type=int, default=200)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--images", default=200,
+                        type=limits.flag(limits.MAX_SAMPLE_IMAGES, limits.SAMPLE_IMAGES_WHY))
+    sample.add_argument("--seed", type=limits.flag(2**32 - 1, "a NumPy seed", 0), default=0)
     sample.add_argument("--force", action="store_true",
                         help="draw into a folder that holds a dataset, replacing its captions.txt")
 
@@ -74,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a model on a split")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
-    evaluate.add_argument("--beam", type=_positive, default=None,
+    evaluate.add_argument("--beam", type=_beam_width, default=None,
                           help="beam width (1 = greedy; default: the model's decode.beam_width)")
     evaluate.add_argument("--data-root", type=Path, default=None,
                           help="dataset folder, if not the one the model was trained on")
@@ -87,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_args(sweep)
     sweep.add_argument("--search-space", type=Path, default=None,
                        help="search space YAML (default: the experiment's sweep.search_space)")
-    sweep.add_argument("--num-samples", type=int, default=None, help="number of trials")
+    sweep.add_argument("--num-samples", type=limits.flag(limits.MAX_TRIALS, limits.TRIALS_WHY),
+                       default=None, help="number of trials")
     sweep.add_argument("--address", default=None,
                        help="join a Ray cluster (e.g. auto, or ray://head:10001)")
     sweep.add_argument("--storage", default=None,
@@ -100,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption image files")
     caption.add_argument("images", type=Path, nargs="+")
     caption.add_argument("--model", required=True, help=MODEL_HELP)
-    caption.add_argument("--beam", type=_positive, default=None,
+    caption.add_argument("--beam", type=_beam_width, default=None,
                          help="beam width (1 = greedy; default: the model's decode.beam_width)")
     caption.add_argument("--attention", type=Path, default=None, metavar="OUT.png",
                          help="also draw each image with where the decoder looked for each "
@@ -151,10 +150,7 @@ def _print_table(rows: dict[str, object]) -> None:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from captioning.data.sample import draw_sample_dataset
 
-    if args.images < 1:
-        raise ConfigError(f"--images: expected at least 1, got {args.images}")
-    root = draw_sample_dataset(args.dir, images=args.images, seed=args.seed,
-                               force=args.force)
+    root = draw_sample_dataset(args.dir, images=args.images, seed=args.seed, force=args.force)
     print(f"drew {args.images} images with 5 captions each into {root}")
     return 0
 
@@ -247,8 +243,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from captioning.config.loading import experiment_file, load_experiment
     from captioning.tune.launcher import run_sweep
 
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ConfigError(f"--num-samples: expected at least 1, got {args.num_samples}")
     config = load_experiment(args.experiment, args.overrides)
     result = run_sweep(config, experiment_path=experiment_file(args.experiment),
                        search_space=args.search_space,

@@ -23,6 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from captioning.config.limits import (
+    BEAM_WHY,
+    MAX_BEAM_WIDTH,
+    MAX_TOKENS,
+    MAX_TRIALS,
+    TOKENS_WHY,
+    TRIALS_WHY,
+)
 from captioning.config.section import KeyProblem, Section, at_most
 from captioning.config.shipped import builtin_path
 from captioning.errors import ConfigError
@@ -34,11 +42,6 @@ from captioning.models.transformer import TransformerConfig
 
 # encoder.weights that name weights rather than a file: downloaded by Keras, or seeded random.
 NAMED_WEIGHTS = ("imagenet", "none")
-# Upper bounds shared by several keys (each key's own bound and reason is beside it).
-MAX_TOKENS = 200
-TOKENS_WHY = "tokens of a caption; Flickr and COCO captions have fewer than 60"
-MAX_BEAM_WIDTH = 20
-BEAM_WHY = "a beam costs images x width decoder rows, and beyond 5 captions get no better"
 
 
 class DataConfig(Section):
@@ -284,7 +287,7 @@ class ResourcesConfig(Section):
 class SweepConfig(Section):
     # Relative to the experiment file that names it; the default is the built-in default.yaml.
     search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
-    num_samples: Annotated[StrictInt, Field(ge=1), at_most(100_000, "trials in one sweep")] = 8
+    num_samples: Annotated[StrictInt, Field(ge=1), at_most(MAX_TRIALS, TRIALS_WHY)] = 8
     max_concurrent_trials: Annotated[StrictInt, Field(ge=1), at_most(4096, "trials at once")] = 2
     # TPE draws this many trials at random before it models the results (Optuna's
     # n_startup_trials, default 10): a sweep of no more trials than this is a random search.

@@ -37,6 +37,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
+from captioning.config.limits import MAX_BEAM_WIDTH
 from captioning.data.sample import draw_example
 from captioning.errors import ModelDirError
 from captioning.features.encoders import input_size
@@ -49,7 +50,6 @@ ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
 LOGGED_NAME = "model"  # the name every trial's model is logged under: runs:/<run id>/model
 CODE = Path(__file__).with_name("model_code.py")
 PACKAGED_FILES = ("model.keras", "vocab.json", "config.json", "metrics.json")
-MAX_BEAM_WIDTH = 20  # a request's beam costs images x width decoder rows: bound it
 REQUIREMENTS = ("mlflow", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pandas", "pillow",
                 "pydantic", "pyyaml", "filelock", "tqdm")
 

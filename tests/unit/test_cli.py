@@ -116,12 +116,28 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
     assert "not a captioning model directory (missing model.keras, vocab.json" in result.stderr
 
 
-def test_num_samples_zero_is_a_one_line_error_before_any_work(tmp_path, capsys):
-    code = main(["sweep", "--num-samples", "0", "--storage", str(tmp_path / "ray_results")])
-    assert code == 2
+@pytest.mark.parametrize(("command", "flag", "value", "bound"), [
+    ("sweep", "--num-samples", "0", "1 to 100,000 (trials in one sweep)"),
+    ("sweep", "--num-samples", "100001", "1 to 100,000 (trials in one sweep)"),
+    ("sweep", "--num-samples", "1e3", "1 to 100,000 (trials in one sweep)"),
+    ("caption", "--beam", "21", "1 to 20 (a beam costs images x width decoder rows, and "
+                                "beyond 5 captions get no better)"),
+    ("sample-data", "--images", "20001", "1 to 20,000 (synthetic images are for a quick look; "
+                                         "use a real dataset for more)"),
+    ("sample-data", "--seed", "-1", "0 to 4,294,967,295 (a NumPy seed)"),
+])
+def test_every_count_flag_is_bounded_and_refused_in_one_line_before_any_work(
+        command, flag, value, bound, tmp_path, capsys):
+    args = {"sweep": ["--storage", str(tmp_path / "ray_results")],
+            "caption": ["x.jpg", "--model", str(tmp_path / "model")],
+            "sample-data": [str(tmp_path / "data")]}[command]
+    with pytest.raises(SystemExit) as exited:
+        main([command, *args, flag, value])
+    assert exited.value.code == 2  # argparse's usage error
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: --num-samples: expected at least 1, got 0")
-    assert not (tmp_path / "ray_results").exists()
+        f"captioning {command}: error: argument {flag}: expected a whole number from {bound}, "
+        f"got {value}")
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_spacy_model_that_is_not_installed_stops_train_before_features_are_extracted(

@@ -13,6 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from captioning.config.limits import MAX_BEAM_WIDTH
 from captioning.config.schema import EncoderConfig
 from captioning.errors import ModelDirError
 from captioning.features.encoders import build_encoder
@@ -20,7 +21,6 @@ from captioning.inference.captioner import Captioner
 from captioning.tracking.pyfunc import (
     ARTIFACT,
     CODE,
-    MAX_BEAM_WIDTH,
     input_example,
     package,
     signature,

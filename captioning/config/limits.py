@@ -1,0 +1,28 @@
+"""Upper bounds that several places share: the config schema, the command line's flags and a
+served request's parameters. Each comes with the reason a user sees when a value is above it.
+Plain constants, so the command line can check its flags without loading TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+MAX_TOKENS = 200
+TOKENS_WHY = "tokens of a caption; Flickr and COCO captions have fewer than 60"
+MAX_BEAM_WIDTH = 20
+BEAM_WHY = "a beam costs images x width decoder rows, and beyond 5 captions get no better"
+MAX_TRIALS = 100_000
+TRIALS_WHY = "trials in one sweep"
+MAX_SAMPLE_IMAGES = 20_000
+SAMPLE_IMAGES_WHY = "synthetic images are for a quick look; use a real dataset for more"
+
+
+def flag(limit: int, why: str, least: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number from `least` to `limit`, refused saying `why`."""
+    def whole_number(text: str) -> int:
+        value = int(text) if text.strip().lstrip("+-").isdigit() else None
+        if value is None or not least <= value <= limit:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {least} to {limit:,} ({why}), got {text}")
+        return value
+    return whole_number
