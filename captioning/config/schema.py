@@ -35,6 +35,7 @@ from captioning.config.section import KeyProblem, Section, at_most
 from captioning.config.shipped import builtin_path
 from captioning.errors import ConfigError
 from captioning.evaluation.metrics import Mode, RankingMetric, mode_of
+from captioning.features import hub
 from captioning.features.encoders import PREPROCESS_MODES, encoders
 from captioning.models.attention import AttentionConfig
 from captioning.models.registry import DECODERS, decoder_named
@@ -60,7 +61,9 @@ class DataConfig(Section):
 
 class EncoderConfig(Section):
     # A keras.applications CNN in snake case (features/encoders.py): inception_v3, resnet50,
-    # mobilenet, efficientnet_b0, ... With `model` set, only a label for it.
+    # mobilenet, efficientnet_b0, ...; or hub:<KerasHub preset or preset directory>, a vision
+    # backbone (features/hub.py): hub:clip_vit_base_patch16, hub:/models/dinov2_base. With
+    # `model` set, only a label for it.
     name: str = "inception_v3"
     # "imagenet" (downloaded and cached by Keras), "none" (random, offline) or a weights file.
     weights: str = "imagenet"
@@ -75,7 +78,8 @@ class EncoderConfig(Section):
     model: Path | None = None
     preprocess: str | None = None
     # None = the encoder's native input size (299 for inception_v3, 224 for resnet50), or the
-    # input size of `model`.
+    # input size of `model`. A KerasHub preset always reads its own size (its patch grid and
+    # position embeddings are fixed), so a sweep over CNNs and presets may set this for the CNNs.
     image_size: Annotated[StrictInt | None, Field(ge=32),
                           at_most(1024, "encoders are trained at 224-600 px")] = None
     batch_size: Annotated[StrictInt, Field(ge=1),
@@ -90,6 +94,11 @@ class EncoderConfig(Section):
     # that every trial reads one extraction).
     keep_grid: bool = False
     decode_workers: Annotated[StrictInt, Field(ge=1), at_most(256, "threads decoding images")] = 4
+
+    @field_validator("name")
+    @classmethod
+    def _hub_preset(cls, name: str) -> str:
+        return hub.check_preset(name) if hub.is_hub(name) else name
 
     @field_validator("weights")
     @classmethod
@@ -123,6 +132,8 @@ class EncoderConfig(Section):
                 raise KeyProblem(key, "a model of one's own (encoder.model) carries its own "
                                 "weights and width")
             return self
+        if hub.is_hub(self.name):
+            return self._fits_hub()
         if self.name not in known:
             raise KeyProblem("name", f"unknown encoder {self.name!r}; choose one of "
                             f"{', '.join(known)}")
@@ -137,6 +148,17 @@ class EncoderConfig(Section):
         if self.image_size is not None and self.image_size < spec.min_size:
             raise KeyProblem("image_size", f"{self.image_size} is below {self.name}'s smallest "
                             f"input, {spec.min_size}")
+        return self
+
+    def _fits_hub(self) -> EncoderConfig:
+        for key, why in (("alpha", "width multiplier"), ("preprocess", "pixel scaling")):
+            if getattr(self, key) is not None:
+                raise KeyProblem(key, f"a KerasHub preset ({self.name}) sets its own {why}; "
+                                 "unset it")
+        if self.weights_file is not None:
+            raise KeyProblem("weights", f"a KerasHub preset ({self.name}) carries its weights: "
+                             "imagenet (the preset's own, whatever it was trained on) or none "
+                             "(random, seeded)")
         return self
 
     @property

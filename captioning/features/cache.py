@@ -24,6 +24,7 @@ from filelock import FileLock
 from captioning.atomic import temp_name, write_whole
 from captioning.config.schema import EncoderConfig
 from captioning.errors import WriteError
+from captioning.features import hub
 from captioning.features.child import extract_on_tensorflow
 from captioning.features.encoders import RANDOM_WEIGHTS_SEED, input_size
 
@@ -92,6 +93,8 @@ def _file_identity(path: str | Path) -> dict[str, object]:
 
 
 def _weights_identity(encoder: EncoderConfig) -> object:
+    if hub.is_hub(encoder.name) and encoder.model is None:
+        return {"hub": hub.identity(encoder.name), "random": encoder.weights == "none"}
     if encoder.weights_file is not None:
         return _file_identity(encoder.weights_file)
     return "imagenet" if encoder.weights == "imagenet" else f"none:{RANDOM_WEIGHTS_SEED}"
@@ -108,7 +111,7 @@ def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> 
             images.append((name, -1, -1))
     spec = {
         "format": CACHE_FORMAT,
-        "encoder": encoder.name,
+        "encoder": hub.label(encoder.name),
         "weights": _weights_identity(encoder),
         "alpha": encoder.alpha,
         "model": _file_identity(encoder.model) if encoder.model else None,
@@ -139,7 +142,7 @@ def load_or_extract(encoder_config: EncoderConfig, image_dir: Path, names: Seque
     cache_dir = encoder_config.resolved_cache_dir() / "features"
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(encoder_config, image_dir, names)
-    array_path = cache_dir / f"{encoder_config.name}-{key}.npy"
+    array_path = cache_dir / f"{hub.label(encoder_config.name)}-{key}.npy"
     index_path = array_path.with_suffix(".json")
     grid_path = array_path.with_suffix(".grid.npy")
     squares_path = array_path.with_suffix(".gridsq.npy")

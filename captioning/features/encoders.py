@@ -9,6 +9,7 @@ An encoder maps an RGB image to its last feature map; the pooled vector (its mea
 positions, i.e. global average pooling) is what the merge model reads, as the seed did with
 InceptionV3 and ResNet50 (2048-d). `encoder.model` names a saved Keras model of one's own
 instead (loaded in safe mode), with `encoder.preprocess` saying how its pixels are scaled.
+`hub:<preset>` names a KerasHub vision backbone (features/hub.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from captioning.errors import ConfigError, first_line
+from captioning.features import hub
 
 # Random ("none") weights are drawn from this seed, so every process builds the same encoder
 # and cached features stay valid for every trial of a sweep, whatever its own seed.
@@ -139,6 +141,8 @@ def spec_of(name: str) -> EncoderSpec:
 
 def input_size(config: EncoderSettings) -> int:
     """The side of the square images the encoder of `config` reads."""
+    if hub.is_hub(config.name) and config.model is None:
+        return hub.image_size(hub.preset_of(config.name))
     if config.image_size is not None:
         return config.image_size
     if config.model is not None:
@@ -163,6 +167,8 @@ def _load_model(path: str) -> Any:
 def preprocessing(config: EncoderSettings) -> Callable[[Any], Any]:
     """What turns uint8 RGB pixels into the encoder's input."""
     if config.model is None:
+        if hub.is_hub(config.name):
+            return hub.preprocess(hub.preset_of(config.name))
         return spec_of(config.name).preprocess()
     mode = config.preprocess or "none"
     if mode in encoders():
@@ -205,6 +211,9 @@ def build_encoder(config: EncoderSettings) -> Any:
         except Exception as error:  # Keras raises many types for foreign or unsafe files
             raise ConfigError(f"encoder.model: {config.model} cannot be loaded as a Keras "
                               f"model in safe mode ({first_line(error)})") from None
+    if hub.is_hub(config.name):
+        return hub.build(hub.preset_of(config.name), config.weights == "none", size,
+                         RANDOM_WEIGHTS_SEED)
     spec = spec_of(config.name)
     argument = weights_argument(config.weights)
     if argument is None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from captioning.config.schema import EncoderConfig
 from captioning.data.images import ImageError, ImageSource, load_image
+from captioning.features import hub
 from captioning.features.encoders import build_encoder, input_size, preprocessing
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def encoded_batches(encoder: Any, encoder_config: EncoderConfig,
     outputs (rows, h, w, channels) or (rows, channels), the error of each other position)."""
     size = input_size(encoder_config)
     preprocess = preprocessing(encoder_config)
-    bar = tqdm(total=len(sources), desc=f"features {encoder_config.name}", unit="img",
+    bar = tqdm(total=len(sources), desc=f"features {hub.label(encoder_config.name)}", unit="img",
                disable=not progress)
     for batch in decoded_batches(sources, size, encoder_config.batch_size,
                                  encoder_config.decode_workers, labels):

@@ -13,6 +13,7 @@ from captioning.config.schema import ExperimentConfig, parse_config
 from captioning.data.images import ImageError, ImageSource
 from captioning.data.vocabulary import Vocabulary
 from captioning.errors import ConfigError, ModelDirError, first_line
+from captioning.features import hub
 from captioning.features.encoders import build_encoder
 from captioning.features.extract import encode_images
 from captioning.jsonfile import read_json
@@ -47,6 +48,12 @@ def read_model_config(model_dir: Path) -> ExperimentConfig:
         if isinstance(value, str) and not Path(value).is_absolute() \
                 and (model_dir / value).is_file():
             data["encoder"][key] = str((model_dir / value).resolve())
+    name = encoder.get("name") if isinstance(encoder, dict) else None
+    if isinstance(name, str) and hub.is_hub(name):  # a preset directory packaged with it
+        preset = hub.preset_of(name)
+        if hub.is_local(preset) and not Path(preset).is_absolute() \
+                and (model_dir / preset).is_dir():
+            data["encoder"]["name"] = hub.PREFIX + str((model_dir / preset).resolve())
     return parse_config(data, source=str(path))
 
 

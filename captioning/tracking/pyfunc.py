@@ -40,6 +40,7 @@ from mlflow.types.schema import AnyType
 from captioning.config.limits import MAX_BEAM_WIDTH
 from captioning.data.sample import draw_example
 from captioning.errors import ModelDirError
+from captioning.features import hub
 from captioning.features.encoders import input_size
 from captioning.inference.captioner import Captioner, check_model_files, read_model_config
 from captioning.jsonfile import read_json
@@ -153,7 +154,11 @@ def package(model_dir: Path, dest: Path) -> Path:
             bundled = f"encoder-{key}" + "".join(source.suffixes[-2:])
             shutil.copy2(source, dest / bundled)
             config["encoder"][key] = bundled
-    if any(files.values()):
+    preset = hub.preset_of(encoder.name) if hub.is_hub(encoder.name) else ""
+    if hub.is_local(preset) and encoder.model is None:  # the preset directory travels too
+        shutil.copytree(Path(preset), dest / "encoder-preset", dirs_exist_ok=True)
+        config["encoder"]["name"] = hub.PREFIX + "./encoder-preset"
+    if any(files.values()) or config["encoder"]["name"] != encoder.name:
         (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return dest
 

@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from captioning.errors import ConfigError
+from captioning.features import hub
 from captioning.features.encoders import build_encoder
 from captioning.training.devices import release
 
@@ -53,9 +54,15 @@ def check_cpus(cpus: float, *, cluster: bool) -> None:
 
 
 def check_encoder_files(encoders: list[Any]) -> None:
-    """Build each encoder that reads a weights file or is a model file, here, before Ray:
-    a file that does not fit is one ConfigError now, not a failure in every trial."""
+    """Build each encoder that reads a weights file, is a model file or a KerasHub preset
+    directory, here, before Ray (and check a preset's name): a file that does not fit is one
+    ConfigError now, not a failure in every trial."""
     for encoder in encoders:
-        if encoder.model is not None or encoder.weights_file is not None:
+        if encoder.model is None and hub.is_hub(encoder.name):
+            preset = hub.preset_of(encoder.name)
+            hub.check_known(preset)  # a name: no download here, as for ImageNet weights
+            if hub.is_local(preset):
+                build_encoder(encoder)
+        elif encoder.model is not None or encoder.weights_file is not None:
             build_encoder(encoder)
     release()

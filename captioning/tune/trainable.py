@@ -16,6 +16,7 @@ from typing import Any
 from ray import tune
 
 from captioning.data.prepare import prepare
+from captioning.features import hub
 from captioning.log import show_info_logs
 from captioning.training.checkpoints import epochs_in, newest_whole, storage
 from captioning.training.devices import enable_memory_growth, release
@@ -31,7 +32,7 @@ def trial_name(drawn: dict[str, Any]) -> str:
     if "model.decoder" in drawn:
         parts.append(str(drawn["model.decoder"]))
     if "encoder.name" in drawn:
-        parts.append(str(drawn["encoder.name"]))
+        parts.append(hub.label(str(drawn["encoder.name"])))
     if "model.lstm_units" in drawn:
         parts.append(f"w{drawn['model.lstm_units']}")
     if "train.learning_rate" in drawn:

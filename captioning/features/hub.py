@@ -1,0 +1,199 @@
+"""KerasHub vision backbones as encoders: `encoder.name: hub:<preset>`, the one seam to
+keras-hub (imported only when such an encoder is used; it costs seconds).
+
+A preset is a KerasHub preset name (`hub:clip_vit_base_patch16`, downloaded into Keras' cache
+as keras.applications weights are) or a local preset directory (`hub:/models/dinov2_base`, as
+`save_to_preset` writes it: config.json, model.weights.h5, image_converter.json), which needs
+no network. The backbone's patch tokens become the feature map the attention and Transformer
+decoders read (CLIP B/16 at 224 px: 14 x 14 x 768), its leading class and register tokens
+dropped; the merge decoder reads their mean, as it reads a CNN map's. A backbone that gives a
+map itself (KerasHub's CNNs) is used as it is. Pixels are scaled by the preset's own image
+converter, at the preset's own image size.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from captioning.errors import ConfigError, first_line
+from captioning.jsonfile import read_json
+
+PREFIX = "hub:"
+
+
+def is_hub(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def preset_of(name: str) -> str:
+    """`hub:<preset>` -> the preset name or directory."""
+    return name[len(PREFIX):]
+
+
+def is_local(preset: str) -> bool:
+    """A preset given as a directory (a path), not a KerasHub preset name."""
+    return "/" in preset or preset.startswith((".", "~"))
+
+
+def label(name: str) -> str:
+    """A short name for files and trial names: `hub:/models/dinov2_base` -> `hub-dinov2_base`."""
+    if not is_hub(name):
+        return name
+    preset = preset_of(name).rstrip("/")
+    return "hub-" + re.sub(r"[^\w.-]+", "_", Path(preset).name if is_local(preset) else preset)
+
+
+def check_preset(name: str) -> str:
+    """The encoder name with a local preset directory made absolute (trials run in other
+    folders); raises ValueError saying what is wrong with the directory."""
+    preset = preset_of(name)
+    if not preset:
+        raise ValueError("hub: names no preset; give hub:<KerasHub preset> or "
+                         "hub:<preset directory>")
+    if not is_local(preset):
+        return name
+    path = Path(preset).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{preset}: no such preset directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{preset}: not a KerasHub preset directory (no config.json; "
+                         "save one with backbone.save_to_preset)")
+    return PREFIX + str(path.resolve())
+
+
+def identity(name: str) -> object:
+    """What the features of a hub encoder depend on: a local preset by the content of its
+    files (a copy elsewhere still finds its features), a named one by its name."""
+    preset = preset_of(name)
+    if not is_local(preset):
+        return {"preset": preset}
+    digest = hashlib.sha256()
+    root = Path(preset).expanduser()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    return {"preset_sha256": digest.hexdigest()}
+
+
+def _keras_hub() -> Any:
+    try:
+        import keras_hub
+    except ImportError as error:  # pragma: no cover - a dependency of the package
+        raise ConfigError(f"encoder.name: hub: needs keras-hub ({first_line(error)}); "
+                          "pip install keras-hub") from None
+    return keras_hub
+
+
+def _from_preset(load: Callable[[], Any], preset: str, what: str) -> Any:
+    try:
+        return load()
+    except Exception as error:  # noqa: BLE001 - KerasHub raises many types for a bad preset
+        raise ConfigError(f"encoder.name: hub:{preset}: its {what} cannot be loaded "
+                          f"({first_line(error, 240)})") from None
+
+
+def check_known(preset: str) -> None:
+    """Refuse a preset name KerasHub does not list, before anything is downloaded."""
+    if is_local(preset):
+        return
+    known = _keras_hub().models.Backbone.presets
+    if preset not in known:
+        vision = [name for name in sorted(known) if name.startswith(VISION_FAMILIES)]
+        raise ConfigError(f"encoder.name: hub:{preset}: no such KerasHub preset; vision "
+                          f"backbones include {', '.join(vision[:12])}, ... (or give a preset "
+                          "directory: hub:/path/to/preset)")
+
+
+VISION_FAMILIES = ("clip_vit_base", "dinov2_", "siglip_base", "siglip2_base", "vit_base")
+
+
+@functools.cache
+def image_converter(preset: str) -> Any:
+    """The preset's ImageConverter (resizing and pixel scaling)."""
+    import keras
+
+    keras_hub = _keras_hub()
+    if not is_local(preset):
+        check_known(preset)
+        return _from_preset(lambda: keras_hub.layers.ImageConverter.from_preset(preset),
+                            preset, "image converter")
+    path = Path(preset).expanduser() / "image_converter.json"
+    if not path.is_file():
+        raise ConfigError(f"encoder.name: hub:{preset}: the preset has no image converter "
+                          "(image_converter.json), so how its pixels are scaled is unknown; "
+                          "save one with converter.save_to_preset")
+    # Read as the file says, whatever backbone class it was saved beside (KerasHub's own
+    # from_preset matches a converter to the backbone's class, which a vision tower saved
+    # alone has none of). Keras' deserialisation builds registered classes only.
+    config = read_json(path, ConfigError, max_bytes=1 << 20)
+    return _from_preset(lambda: keras.saving.deserialize_keras_object(config), preset,
+                        "image converter")
+
+
+def image_size(preset: str) -> int:
+    """The side of the square images the preset's backbone reads."""
+    size = image_converter(preset).image_size
+    if not size or size[0] != size[1]:
+        raise ConfigError(f"encoder.name: hub:{preset}: its image converter gives "
+                          f"{size} images; a square size is needed")
+    return int(size[0])
+
+
+def preprocess(preset: str) -> Callable[[Any], Any]:
+    """uint8-valued float32 pixels (already at `image_size`) -> the backbone's input."""
+    import keras
+
+    converter = image_converter(preset)
+    return lambda pixels: keras.ops.convert_to_numpy(converter(pixels))
+
+
+def build(preset: str, random_weights: bool, size: int, seed: int) -> Any:
+    """A Keras model from (batch, size, size, 3) preprocessed images to the backbone's patch
+    tokens as a (batch, h, w, channels) map: the vision tower of a CLIP or SigLIP backbone,
+    any other backbone itself. `random_weights`: the preset's architecture, seeded."""
+    import keras
+
+    keras_hub = _keras_hub()
+    if random_weights:
+        keras.utils.set_random_seed(seed)
+    backbone = _from_preset(lambda: keras_hub.models.Backbone.from_preset(
+        preset, load_weights=not random_weights), preset, "backbone")
+    tower = getattr(backbone, "vision_encoder", None) or backbone
+    images = keras.Input((size, size, 3), name="images")
+    feed = {next(iter(tower.input)): images} if isinstance(tower.input, dict) else images
+    try:
+        outputs = tower(feed)
+    except Exception as error:  # noqa: BLE001 - a backbone built for another size or input
+        raise ConfigError(f"encoder.name: hub:{preset}: {type(tower).__name__} cannot read "
+                          f"{size}x{size} images ({first_line(error, 240)})") from None
+    if isinstance(outputs, dict):
+        outputs = next((value for key, value in outputs.items() if "sequence" in key
+                        or "hidden" in key), next(iter(outputs.values())))
+    if len(outputs.shape) == 3:
+        outputs = _token_map(outputs, preset)
+    elif len(outputs.shape) != 4:
+        raise ConfigError(f"encoder.name: hub:{preset}: {type(tower).__name__} gives "
+                          f"outputs of shape {tuple(outputs.shape)}, neither tokens nor a map")
+    return keras.Model(images, outputs, name=label(PREFIX + preset).replace("-", "_"))
+
+
+def _token_map(tokens: Any, preset: str) -> Any:
+    """(batch, extra + side**2, channels) tokens -> (batch, side, side, channels) of the patch
+    tokens: the leading class and register tokens (fewer than 2 * side + 1) dropped."""
+    import keras
+
+    count, channels = int(tokens.shape[1]), int(tokens.shape[2])
+    side = math.isqrt(count)
+    if side < 1:
+        raise ConfigError(f"encoder.name: hub:{preset}: the backbone gives no patch tokens")
+    patches = tokens[:, count - side * side:, :]
+    return keras.layers.Reshape((side, side, channels), name="token_map")(patches)
+
