@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "metric the sweep ranked them by)")
     promote.add_argument("--mode", choices=["max", "min"], default=None,
                          help="max or min is best (default: min for losses, else max)")
+    for flag, side in (("--max", "at most"), ("--min", "at least")):
+        promote.add_argument(flag, action="append", default=[], metavar="METRIC=VALUE",
+                             type=limits.metric_bound,
+                             help=f"only trials whose kept epoch has METRIC {side} VALUE, e.g. "
+                                  "decode_ms_per_caption=5 (repeatable)")
     promote.add_argument("--model-name", default="captioner",
                          help="registered model name (default: %(default)s)")
     promote.add_argument("--alias", default="champion", help="alias (default: %(default)s)")
@@ -330,7 +335,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     done = promote(resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
                    sweep_run=args.sweep_run, metric=args.metric, mode=args.mode,
-                   model_name=args.model_name, alias=args.alias)
+                   model_name=args.model_name, alias=args.alias,
+                   at_most=dict(args.max), at_least=dict(args.min))
     print(f"sweep {done.sweep} (MLflow run {done.sweep_run_id}): {done.candidates} finished "
           f"trial(s) scored by {done.metric}")
     print(f"best: trial {done.trial_id} (run {done.run_id}), {done.metric} {done.value:.4f}")

@@ -1,6 +1,7 @@
 """Upper bounds that several places share: the config schema, the command line's flags and a
 served request's parameters. Each comes with the reason a user sees when a value is above it.
-Plain constants, so the command line can check its flags without loading TensorFlow."""
+Plain constants and the argparse types that check flags against them (and promote's bounds),
+so the command line checks its flags without loading TensorFlow."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def flag(limit: int, why: str, least: int = 1) -> Callable[[str], int]:
                 f"expected a whole number from {least} to {limit:,} ({why}), got {text}")
         return value
     return whole_number
+
+
+def metric_bound(text: str) -> tuple[str, float]:
+    """An argparse type: METRIC=NUMBER (promote's --max and --min)."""
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METRIC=NUMBER, got {text}") from None

@@ -16,12 +16,19 @@ SCORE_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
 # `reward` the sampled captions' mean CIDEr-D against the training references, and the
 # epoch's seconds split into sampling, reward and update.
 SCST_SECONDS = ("sampling_seconds", "reward_seconds", "update_seconds")
+# What a model costs, beside what it scores: its weights, the seconds of the epoch (training
+# and validation loss), and greedy decoding's milliseconds per caption on the validation
+# images scored, one batch on the trial's own device (training/train.py).
+COST_METRICS = ("param_count", "epoch_seconds", "decode_ms_per_caption")
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy",
                  *(f"val_{name}" for name in SCORE_NAMES), "learning_rate", "scst", "reward",
-                 *SCST_SECONDS)
+                 *SCST_SECONDS, *COST_METRICS)
 # What a run keeps its best epoch by (train.monitor) and a sweep ranks trials by (sweep.metric).
 RankingMetric = Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l"]
-LOWER_IS_BETTER = ("loss", "val_loss")
+# What a multi-objective sweep may trade (sweep.objectives): a quality, or a cost.
+ObjectiveMetric = Literal["val_loss", "val_accuracy", "val_bleu4", "val_cider", "val_rouge_l",
+                          "param_count", "epoch_seconds", "decode_ms_per_caption"]
+LOWER_IS_BETTER = ("loss", "val_loss", *COST_METRICS)
 
 Mode = Literal["min", "max"]
 

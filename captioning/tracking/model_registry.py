@@ -111,6 +111,28 @@ def _candidates(client: MlflowClient, sweep: Any, metric: str
     return found, models, seen
 
 
+def _meeting(found: list[dict], bounds: dict[tuple[str, str], float], sweep: str
+             ) -> list[dict]:
+    """The candidates whose kept epoch meets every bound ((metric, "max"): at most the value,
+    "min": at least); a RegistryError saying how near the trials came when none does."""
+    kept = found
+    for (key, side), bound in bounds.items():
+        values = [c["metrics"][key] for c in kept if key in c["metrics"]]
+        meets = [c for c in kept if key in c["metrics"] and math.isfinite(c["metrics"][key])
+                 and (c["metrics"][key] <= bound if side == "max" else
+                      c["metrics"][key] >= bound)]
+        if not meets:
+            flag, word = ("--max", "lowest") if side == "max" else ("--min", "highest")
+            nearest = (f"the {word} of the {len(values)} trial(s) left is "
+                       f"{(min if side == 'max' else max)(values):.4g}" if values
+                       else f"no trial left has {key} (an older sweep?)")
+            raise RegistryError(f"{flag} {key}={bound:g}: no finished trial of {sweep} meets "
+                                f"it{' and the bounds before it' if kept is not found else ''}"
+                                f"; {nearest}")
+        kept = meets
+    return kept
+
+
 def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict) -> str:
     run = best["run"]
     scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(best["metrics"].items()))
@@ -123,18 +145,23 @@ def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict) -> s
 
 def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str | None = None,
             metric: str | None = None, mode: str | None = None, model_name: str = "captioner",
-            alias: str = "champion") -> Promotion:
+            alias: str = "champion", at_most: dict[str, float] | None = None,
+            at_least: dict[str, float] | None = None) -> Promotion:
     """Register the best finished trial of a sweep and point `alias` at it (see module doc).
 
     The sweep is `sweep_run` (its parent run id), else the newest sweep in MLflow experiment
     `experiment`, else the newest sweep in the store. Trials are ranked by `metric` (default:
-    the one the sweep ranked them by) at the epoch their model was kept.
+    the one the sweep ranked them by) at the epoch their model was kept; with `at_most` and
+    `at_least` ({metric: bound}, e.g. {"decode_ms_per_caption": 5}), only the trials whose kept
+    epoch meets every bound are.
     """
     check_store_exists(tracking_uri)
     check_reachable(tracking_uri, "--tracking-uri")
+    bounds = {**{(k, "max"): v for k, v in (at_most or {}).items()},
+              **{(k, "min"): v for k, v in (at_least or {}).items()}}
     try:
         return _promote(MlflowClient(tracking_uri, registry_uri=tracking_uri), tracking_uri,
-                        experiment, sweep_run, metric, mode, model_name, alias)
+                        experiment, sweep_run, metric, mode, model_name, alias, bounds)
     except MlflowException as error:  # e.g. a user without the permission, a bad alias
         reason = first_line(error)
         raise RegistryError(f"promote: {tracking_uri} refused ({reason})") from None
@@ -142,7 +169,7 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
 
 def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
              sweep_run: str | None, metric: str | None, mode: str | None, model_name: str,
-             alias: str) -> Promotion:
+             alias: str, bounds: dict[tuple[str, str], float]) -> Promotion:
     sweep = _sweep_run(client, experiment, sweep_run)
     if metric is None:
         metric = sweep.data.params.get("metric", "val_cider")
@@ -158,6 +185,7 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
         raise RegistryError(f"--metric {metric}: no finished trial of sweep {name} (run "
                             f"{sweep.info.run_id}) has a value for it; their models have: "
                             f"{', '.join(sorted(seen)) or 'no metrics'}")
+    found = _meeting(found, bounds, f"sweep {name} (run {sweep.info.run_id})")
     # Best value; of equal ones, the trial that started first (deterministic).
     sign = 1 if mode == "max" else -1
     best = max(found, key=lambda c: (sign * c["metrics"][metric], -c["run"].info.start_time))

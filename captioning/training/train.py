@@ -119,6 +119,10 @@ class _EpochEnd(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.decoder: Stepper | None = None  # shares the model's layers: built once
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         if self.best is None:
@@ -129,14 +133,25 @@ class _EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         self._refuse_non_finite(epoch + 1, logs)
+        # What the epoch cost, beside what it scored (a sweep may trade one for the other):
+        # training and validation loss, not the caption scoring below.
+        logs["epoch_seconds"] = time.perf_counter() - self.started
+        logs["param_count"] = float(self.model.count_params())
         logs.setdefault("scst", 0.0)
         logs.setdefault("learning_rate", _learning_rate(self.model))
         if self.score_images:
-            self.decoder = self.decoder or step_decoder(self.model)
-            captions = generate(self.decoder, self.prepared.vocab,
-                                image_inputs(self.prepared.features, self.score_images,
-                                             self.config.model.grid),
+            inputs = image_inputs(self.prepared.features, self.score_images,
+                                  self.config.model.grid)
+            if self.decoder is None:  # built, and traced for this batch once, untimed
+                self.decoder = step_decoder(self.model)
+                generate(self.decoder, self.prepared.vocab, inputs,
+                         max_length=self.config.decode.max_length)
+            started = time.perf_counter()
+            captions = generate(self.decoder, self.prepared.vocab, inputs,
                                 max_length=self.config.decode.max_length)
+            # Greedy, the validation images scored, one batch, on this trial's device.
+            logs["decode_ms_per_caption"] = (
+                (time.perf_counter() - started) * 1000 / len(self.score_images))
             references = {n: self.prepared.dataset.captions[n] for n in self.score_images}
             scores = caption_scores(references, dict(zip(self.score_images, captions,
                                                          strict=True)))
@@ -340,6 +355,7 @@ def _scst_stage(config: ExperimentConfig, prepared: Prepared, model: keras.Model
         rng = np.random.default_rng([config.train.seed, epoch])
         order = rng.permutation(len(names))
         step.times = StepTimes()
+        epoch_end.on_epoch_begin(epoch)
         bar = keras.utils.Progbar(-(-len(names) // batch), verbose=verbose,
                                   stateful_metrics=["reward"])
         if verbose:

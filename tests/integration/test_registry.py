@@ -98,6 +98,54 @@ def test_a_metric_no_trial_logged_fails_cleanly_and_registers_nothing(sweep, mlf
         "name = 'never-registered'") == []
 
 
+def kept_epoch_metrics(client: MlflowClient, sweep) -> dict[str, dict[str, float]]:
+    """Each finished trial's logged-model metrics (those of its kept epoch), by run id."""
+    parent = client.get_run(sweep.parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'")
+    return {run.info.run_id: {m.key: m.value for m in
+                              client.get_logged_model(run.data.tags[MODEL_TAG]).metrics}
+            for run in runs if run.info.status == "FINISHED" and MODEL_TAG in run.data.tags}
+
+
+def test_every_trial_logs_its_cost_beside_its_scores(sweep, mlflow_server):
+    kept = kept_epoch_metrics(MlflowClient(mlflow_server), sweep)
+    assert kept
+    for metrics in kept.values():
+        assert metrics["param_count"] > 1000 and metrics["param_count"].is_integer()
+        assert metrics["epoch_seconds"] > 0 and metrics["decode_ms_per_caption"] > 0
+
+
+def test_promote_with_a_cost_bound_picks_the_best_trial_that_meets_it(sweep, mlflow_server,
+                                                                    capsys):
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    kept = kept_epoch_metrics(client, sweep)
+    # The bound the fastest trial just meets: whatever the timings, only it (or those as
+    # fast) may be promoted, the best of them by CIDEr-D.
+    bound = min(m["decode_ms_per_caption"] for m in kept.values())
+    meets = {run: m for run, m in kept.items() if m["decode_ms_per_caption"] <= bound}
+    expected = max(meets, key=lambda run: meets[run]["val_cider"])
+    assert main(["promote", "--sweep-run", sweep.parent_run_id, "--model-name", "fast-captioner",
+                 "--max", f"decode_ms_per_caption={bound!r}", "--min", "val_cider=-1",
+                 "--tracking-uri", mlflow_server]) == 0
+    version = client.get_model_version_by_alias("fast-captioner", "champion")
+    assert version.tags["source_run_id"] == expected
+    assert f"{len(meets)} finished trial(s)" in capsys.readouterr().out
+
+
+def test_promote_with_a_bound_no_trial_meets_is_one_line_and_registers_nothing(
+        sweep, mlflow_server, capsys):
+    kept = kept_epoch_metrics(MlflowClient(mlflow_server), sweep)
+    fastest = min(m["decode_ms_per_caption"] for m in kept.values())
+    assert main(["promote", "--sweep-run", sweep.parent_run_id, "--model-name", "too-fast",
+                 "--max", "decode_ms_per_caption=0", "--tracking-uri", mlflow_server]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --max decode_ms_per_caption=0: no finished trial of sweep smoke (run "
+        f"{sweep.parent_run_id}) meets it; the lowest of the {len(kept)} trial(s) left is "
+        f"{fastest:.4g}")
+    assert MlflowClient(mlflow_server).search_registered_models("name = 'too-fast'") == []
+
+
 def test_a_sweep_without_a_finished_trial_has_nothing_to_promote(mlflow_server, capsys):
     client = MlflowClient(mlflow_server)
     experiment = client.create_experiment("promo-empty")
