@@ -247,6 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from captioning.config.loading import experiment_file, load_experiment
     from captioning.tune.launcher import run_sweep
+    from captioning.tune.pareto import table
 
     config = load_experiment(args.experiment, args.overrides)
     result = run_sweep(config, experiment_path=experiment_file(args.experiment),
@@ -268,6 +269,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_table({k: v for k, v in best["config"].items()})
     _print_table(best["metrics"])
     print(f"best model: {best['checkpoint']}")
+    if result.pareto:  # sweep.objectives: the trade-off, also in the parent run's pareto/
+        print("every trial at its kept epoch, the Pareto front first:\n"
+              + table(result.pareto, list(config.sweep.objectives or {})), end="")
     uri = result.tracking_uri
     from captioning.tracking.client import resolve_tracking_uri
 

@@ -27,12 +27,10 @@ from captioning.config.limits import (
     BEAM_WHY,
     MAX_BEAM_WIDTH,
     MAX_TOKENS,
-    MAX_TRIALS,
     TOKENS_WHY,
-    TRIALS_WHY,
 )
 from captioning.config.section import KeyProblem, Section, at_most
-from captioning.config.shipped import builtin_path
+from captioning.config.sweep import SweepConfig
 from captioning.errors import ConfigError
 from captioning.evaluation.metrics import Mode, RankingMetric, mode_of
 from captioning.features import hub
@@ -297,41 +295,6 @@ class DecodeConfig(Section):
                           at_most(MAX_BEAM_WIDTH, BEAM_WHY)] = 1  # evaluate's, caption's --beam
     # Tokens of a generated caption, startseq and endseq included (as train.max_caption_length).
     max_length: Annotated[StrictInt, Field(ge=3), at_most(MAX_TOKENS, TOKENS_WHY)] = 40
-
-
-class ResourcesConfig(Section):
-    cpu: Annotated[float, Field(gt=0), at_most(1024, "CPUs per trial")] = 1.0
-    # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
-    # growth is switched on in every trial so they can.
-    gpu: Annotated[float, Field(ge=0), at_most(64, "GPUs per trial")] = 0.0
-
-
-class SweepConfig(Section):
-    # Relative to the experiment file that names it; the default is the built-in default.yaml.
-    search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
-    num_samples: Annotated[StrictInt, Field(ge=1), at_most(MAX_TRIALS, TRIALS_WHY)] = 8
-    max_concurrent_trials: Annotated[StrictInt, Field(ge=1), at_most(4096, "trials at once")] = 2
-    # TPE draws this many trials at random before it models the results (Optuna's
-    # n_startup_trials, default 10): a sweep of no more trials than this is a random search.
-    startup_trials: Annotated[StrictInt, Field(ge=1),
-                              at_most(10_000, "random trials before TPE models")] = 10
-    # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
-    metric: RankingMetric = "val_cider"
-    # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
-    # up to train.epochs.
-    grace_period: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
-    reduction_factor: Annotated[StrictInt, Field(ge=2),
-                                at_most(100, "ASHA keeps 1 in this many")] = 2
-    max_failures: Annotated[StrictInt, Field(ge=0), at_most(100, "retries of a failing trial")] = 2
-    resources: ResourcesConfig = ResourcesConfig()
-    # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
-    tracking_uri: str | None = None
-    # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.
-    storage_path: str | None = None
-
-    @property
-    def mode(self) -> Mode:
-        return mode_of(self.metric)
 
 
 class ExperimentConfig(Section):

@@ -1,5 +1,6 @@
-"""Figures logged to MLflow: a sweep's metric against each searched parameter, and a trial's
-validation images with the caption it predicts under each. Matplotlib, drawn off screen."""
+"""Figures logged to MLflow: a sweep's metric against each searched parameter, a
+multi-objective sweep's Pareto front, and a trial's validation images with the caption it
+predicts under each. Matplotlib, drawn off screen."""
 
 from __future__ import annotations
 
@@ -111,6 +112,36 @@ def search_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | N
         ax.tick_params(axis="x", labelrotation=30)
     axes[0][0].set_ylabel(metric)
     fig.suptitle(f"{metric} of every trial against each searched parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def pareto_plot(rows: list[dict[str, Any]], objectives: dict[str, str], path: Path
+                ) -> Path | None:
+    """The first objective against each other one, a panel each: every trial a point labelled
+    by its decoder, the Pareto front's trials filled and joined."""
+    names = list(objectives)
+    if not rows or len(names) < 2:
+        return None
+    plt = _pyplot()
+    quality, costs = names[0], names[1:]
+    fig, axes = plt.subplots(1, len(costs), figsize=(4.5 * len(costs), 3.6), squeeze=False)
+    for ax, cost in zip(axes[0], costs, strict=True):
+        front = sorted((r for r in rows if r["on_front"]), key=lambda r: r[cost])
+        rest = [r for r in rows if not r["on_front"]]
+        ax.scatter([r[cost] for r in rest], [r[quality] for r in rest], facecolors="none",
+                   edgecolors="grey", label="dominated")
+        ax.plot([r[cost] for r in front], [r[quality] for r in front], "o-", color="C1",
+                label="Pareto front")
+        for row in rows:
+            ax.annotate(row["decoder"] or row["trial_id"], (row[cost], row[quality]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{cost} ({objectives[cost]} is better)")
+        ax.set_ylabel(f"{quality} ({objectives[quality]} is better)")
+        ax.legend(fontsize=7)
+    fig.suptitle("every trial at its kept epoch; the front: no trial beats it on all at once")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -212,7 +212,12 @@ class SweepTracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 
     def finish_parent(self, best: Mapping[str, Any] | None, plot: Path | None,
-                      status: str = "FINISHED") -> None:
+                      status: str = "FINISHED", pareto: Mapping[str, Path] | None = None
+                      ) -> None:
+        """Mark the sweep's run finished, with its best trial, the search plot and, for a
+        multi-objective sweep, the Pareto files (name -> file) under pareto/."""
+        for path in (pareto or {}).values():
+            self.client.log_artifact(self.parent_run_id, str(path), "pareto")
         if best is not None:
             self.client.set_tag(self.parent_run_id, "best_trial_id", best["trial_id"])
             self.client.set_tag(self.parent_run_id, "best_run_id", best.get("run_id", ""))

@@ -11,12 +11,13 @@ tune/preflight.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ from captioning.config.schema import ExperimentConfig, SweepConfig
 from captioning.data.dataset import load_dataset
 from captioning.data.prepare import ensure_data
 from captioning.errors import ConfigError
-from captioning.evaluation.figures import search_plot
+from captioning.evaluation.figures import pareto_plot, search_plot
 from captioning.models.registry import decoder_named
 from captioning.tracking.client import check_reachable, resolve_tracking_uri, tracking_failure
 from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
 from captioning.training.backend import training_backend
+from captioning.tune import pareto
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
@@ -61,6 +63,9 @@ class SweepResult:
     timeline: list[dict[str, Any]]
     interrupted: int = 0  # trials left to run when Ctrl-C stopped the sweep
     experiment_id: str = ""  # the MLflow experiment
+    # A multi-objective sweep's trials at their kept epochs, the Pareto front first
+    # (tune/pareto.py); empty for one metric.
+    pareto: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[str, Any] | None:
@@ -272,8 +277,13 @@ def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpac
                storage_path: str, callbacks: list[tune.Callback]) -> tune.Tuner:
     """Optuna's TPE draws each trial from the space; ASHA stops the poor ones early."""
     sampler = TPESampler(seed=config.train.seed, n_startup_trials=config.sweep.startup_trials)
-    searcher = OptunaSearch(space=space.define_by_run, metric=config.sweep.metric,
-                            mode=config.sweep.mode, sampler=sampler)
+    objectives = config.sweep.objectives
+    # Several objectives: Optuna's TPE models them all (a multi-objective study); ASHA and the
+    # ranking of trials use the first, sweep.metric.
+    searcher = OptunaSearch(space=space.define_by_run,
+                            metric=list(objectives) if objectives else config.sweep.metric,
+                            mode=list(objectives.values()) if objectives else config.sweep.mode,
+                            sampler=sampler)
     scheduler = ASHAScheduler(max_t=_most_epochs(config, space),
                               grace_period=config.sweep.grace_period,
                               reduction_factor=config.sweep.reduction_factor,
@@ -329,9 +339,21 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
         if frame is not None and metric in frame:
             value = frame[metric].max() if mode == "max" else frame[metric].min()
             rows.append({"params": dict(result.config), "value": float(value)})
+    objectives = config.sweep.objectives or {}
+    front = pareto.front_rows(results, objectives, runs) if objectives else []
     with tempfile.TemporaryDirectory(prefix="captioning-sweep-") as folder:
         plot = search_plot(rows, metric, Path(folder) / "search.png")
+        files = {}
+        if front:
+            files = {"pareto.json": Path(folder) / "pareto.json",
+                     "pareto.md": Path(folder) / "pareto.md"}
+            files["pareto.json"].write_text(json.dumps(front, indent=2), encoding="utf-8")
+            files["pareto.md"].write_text(pareto.table(front, list(objectives)), "utf-8")
+            figure = pareto_plot(front, dict(objectives), Path(folder) / "pareto.png")
+            if figure is not None:
+                files["pareto.png"] = figure
         with tracking_failure(tracker.uri, ended):
-            tracker.finish_parent(best, plot)
+            tracker.finish_parent(best, plot, pareto=files)
     return SweepResult(sweep_dir, tracker.uri, tracker.parent_run_id, best, len(results),
-                       results.num_errors, timeline, experiment_id=tracker.experiment_id)
+                       results.num_errors, timeline, experiment_id=tracker.experiment_id,
+                       pareto=front)

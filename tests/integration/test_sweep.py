@@ -159,6 +159,42 @@ def test_a_sweep_searches_scst_epochs_and_each_trial_runs_them_after_cross_entro
         assert sorted(m.step for m in rewards) == list(range(3, 3 + scst_epochs))
 
 
+def test_a_multi_objective_sweep_logs_its_pareto_front_to_the_parent_run(
+        sample_root, tmp_path, mlflow_server, local_ray):
+    from captioning.tune.pareto import on_front
+
+    space = tmp_path / "space.yaml"
+    space.write_text("model.lstm_units:\n  choice: [16, 64, 256]\n"
+                     "model.decoder:\n  choice: [merge, attention]\n")
+    config = experiment(sample_root, tmp_path, mlflow_server, "pareto",
+                        f"sweep.search_space={space}", "train.epochs=1", "train.score_images=10",
+                        "encoder.image_size=75", "sweep.startup_trials=3",
+                        "sweep.objectives={val_cider: max, param_count: min}")
+    result = run_sweep(config, num_samples=3, say=lambda _: None)
+    assert result.trials == 3 and result.errors == 0
+    client = MlflowClient(mlflow_server)
+    folder = client.download_artifacts(result.parent_run_id, "pareto", str(tmp_path / "got"))
+    assert sorted(os.listdir(folder)) == ["pareto.json", "pareto.md", "pareto.png"]
+    rows = json.loads(Path(folder, "pareto.json").read_text())
+    assert rows == result.pareto and len(rows) == 3
+    # The front, recomputed from what each trial's run logged at its kept epoch.
+    kept = {}
+    for run in trial_runs(mlflow_server, "pareto", result.parent_run_id):
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                      "val_cider")}
+        epoch = max(history, key=history.get)
+        params = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                     "param_count")}
+        kept[run.info.run_id] = [history[epoch], params[epoch]]
+    ids = list(kept)
+    expected = {i for i, flag in zip(ids, on_front([kept[i] for i in ids], ["max", "min"]),
+                                     strict=True) if flag}
+    assert {row["run_id"] for row in rows if row["on_front"]} == expected
+    assert rows[0]["on_front"]  # the front first
+    assert "| trial | decoder | epoch | val_cider | param_count | front |" in \
+        Path(folder, "pareto.md").read_text()
+
+
 def test_features_are_extracted_once_per_encoder_for_the_whole_sweep(smoke_sweep,
                                                                      mlflow_server):
     result, tmp = smoke_sweep

@@ -1,0 +1,80 @@
+"""The `sweep` section of an experiment: how many trials, what ranks them (one metric, or
+several objectives traded against each other), ASHA's rungs, resources, where results go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+from pydantic import Field, StrictInt, model_validator
+
+from captioning.config.limits import MAX_TRIALS, TRIALS_WHY
+from captioning.config.section import KeyProblem, Section, at_most
+from captioning.config.shipped import builtin_path
+from captioning.evaluation.metrics import Mode, ObjectiveMetric, RankingMetric, mode_of
+
+
+class ResourcesConfig(Section):
+    cpu: Annotated[float, Field(gt=0), at_most(1024, "CPUs per trial")] = 1.0
+    # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
+    # growth is switched on in every trial so they can.
+    gpu: Annotated[float, Field(ge=0), at_most(64, "GPUs per trial")] = 0.0
+
+
+class SweepConfig(Section):
+    # Relative to the experiment file that names it; the default is the built-in default.yaml.
+    search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
+    num_samples: Annotated[StrictInt, Field(ge=1), at_most(MAX_TRIALS, TRIALS_WHY)] = 8
+    max_concurrent_trials: Annotated[StrictInt, Field(ge=1), at_most(4096, "trials at once")] = 2
+    # TPE draws this many trials at random before it models the results (Optuna's
+    # n_startup_trials, default 10): a sweep of no more trials than this is a random search.
+    startup_trials: Annotated[StrictInt, Field(ge=1),
+                              at_most(10_000, "random trials before TPE models")] = 10
+    # What trials are ranked by, and what each keeps its best epoch by (train.monitor).
+    metric: RankingMetric = "val_cider"
+    # A multi-objective sweep: metric -> max or min, in priority order, a quality first (it is
+    # sweep.metric: ASHA, each trial's kept epoch and promote rank by it), then costs or
+    # other scores, e.g. {val_cider: max, decode_ms_per_caption: min}. Optuna's TPE models
+    # them all; the sweep's parent run gets the Pareto front of the trials' kept epochs.
+    objectives: dict[ObjectiveMetric, Mode] | None = None
+    # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
+    # up to train.epochs.
+    grace_period: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
+    reduction_factor: Annotated[StrictInt, Field(ge=2),
+                                at_most(100, "ASHA keeps 1 in this many")] = 2
+    max_failures: Annotated[StrictInt, Field(ge=0), at_most(100, "retries of a failing trial")] = 2
+    resources: ResourcesConfig = ResourcesConfig()
+    # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
+    tracking_uri: str | None = None
+    # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.
+    storage_path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_objectives(cls, data: Any) -> Any:
+        objectives = data.get("objectives") if isinstance(data, dict) else None
+        if isinstance(objectives, dict) and objectives and "metric" not in data \
+                and next(iter(objectives)) in get_args(RankingMetric):
+            data = {**data, "metric": next(iter(objectives))}
+        return data
+
+    @model_validator(mode="after")
+    def _objectives_fit(self) -> SweepConfig:
+        if self.objectives is None:
+            return self
+        if len(self.objectives) < 2:
+            raise KeyProblem("objectives", "name two or more metrics (one is sweep.metric)")
+        first = next(iter(self.objectives))
+        if first != self.metric:
+            raise KeyProblem("objectives", f"its first metric ({first}) is what the sweep ranks "
+                             f"by, but sweep.metric is {self.metric}; put a score such as "
+                             f"{self.metric} first, or leave sweep.metric unset")
+        for name, direction in self.objectives.items():
+            if direction != mode_of(name):
+                raise KeyProblem("objectives", f"{name} is best at its {mode_of(name)}, not "
+                                 f"its {direction}")
+        return self
+
+    @property
+    def mode(self) -> Mode:
+        return mode_of(self.metric)
