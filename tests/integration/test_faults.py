@@ -93,7 +93,7 @@ def test_ctrl_c_stops_the_sweep_and_the_command_it_prints_resumes_it(sample_root
                for run in trial_runs(mlflow_server, "interrupted"))
 
     resumed = run_cli(*command[1:], timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "sweep finished: 2 trials (0 failed)" in resumed.stdout
     runs = trial_runs(mlflow_server, "interrupted")
     assert sorted(run.data.tags[TRIAL_TAG] for run in runs) == sorted(
