@@ -134,7 +134,7 @@ def caption_stats(predictions: dict[str, str]) -> dict[str, float]:
 
 
 def row(label: str, decode: str, scores: dict[str, float]) -> str:
-    return (f"{label:<40} {decode:<7} " + " ".join(f"{scores[k]:>7.4f}" for k in SCORE_NAMES)
+    return (f"{label:<52} {decode:<7} " + " ".join(f"{scores[k]:>7.4f}" for k in SCORE_NAMES)
             + f" {scores['distinct']:>8d} {scores['length']:>6.2f}")
 
 
@@ -190,6 +190,11 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="[DECODER:]KEY=VALUE",
                         help="an experiment key for every trained row, or for one decoder's, "
                              "e.g. attention:train.learning_rate=0.0005")
+    parser.add_argument("--variant", action="append", nargs="+", default=None,
+                        metavar="NAME [KEY=VALUE]", dest="variants",
+                        help="a variant of every trained row, by name and its keys, e.g. "
+                             "--variant 'last block' encoder.fine_tune.from_layer=conv_dw_13 "
+                             "(repeatable; default: one, the rows as they are)")
     parser.add_argument("--scst-epochs", type=int, default=0,
                         help="continue each trained row by this many SCST epochs (a second "
                              "row; its settings by --set train.scst.KEY=VALUE)")
@@ -218,23 +223,30 @@ def main() -> int:
         print(f"most frequent training caption: {caption!r}")
         results.append(("nearest neighbour (cosine)", "-",
                         scored(refs, nearest_neighbour(prepared))))
-        for decoder in args.decoders:
+        variants = args.variants or [[""]]
+        for decoder, (variant, *keys) in ((d, v) for d in args.decoders for v in variants):
             settings = [o.split(":", 1)[1] for o in args.set if o.startswith(f"{decoder}:")]
+            settings += keys
             recipe = apply_overrides(config.to_dict(), [f"model.decoder={decoder}", *settings,
                                                         *[o for o in args.set if ":" not in
                                                           o.split("=", 1)[0]]])
             for seed in args.seeds:
                 run = parse_config(apply_overrides(recipe, [f"train.seed={seed}"]))
-                label = "seed recipe" if decoder == "merge" else decoder
-                model_dir = work / f"{cleaning}-{decoder}-{seed}"
-                trained, seconds = timed_training(run, model_dir, prepared, resume=False)
+                # A variant that cuts the encoder elsewhere reads features of its own.
+                row_data = prepared if run.encoder == config.encoder else prepare(
+                    run, progress=False)
+                label = ("seed recipe" if decoder == "merge" else decoder) + (
+                    f", {variant}" if variant else "")
+                model_dir = work / f"{cleaning}-{decoder}-{variant.replace(' ', '_')}-{seed}"
+                trained, seconds = timed_training(run, model_dir, row_data, resume=False)
                 kept = int(trained.best["epoch"])
                 print(f"{label}, seed {seed}: kept epoch {kept} of {len(trained.history)} by "
                       f"{run.train.monitor}; {seconds:.1f} s per epoch (median; "
                       f"{len(prepared.dataset.splits['train']) * 5} captions)", flush=True)
                 results += test_rows(f"{label} (seed {seed}, epoch {kept})", model_dir,
-                                     prepared, run.model.grid, refs)
+                                     row_data, run.reads_grid, refs)
                 entry = {"cleaning": cleaning, "decoder": decoder, "seed": seed,
+                         "variant": variant,
                          "recipe": settings + [o for o in args.set if ":" not in
                                                o.split("=", 1)[0]],
                          "kept_epoch": kept, "epochs": len(trained.history),
@@ -244,7 +256,7 @@ def main() -> int:
                     shutil.copytree(model_dir, scst_dir)
                     scst_run = parse_config(apply_overrides(run.to_dict(), [
                         f"train.scst.epochs={args.scst_epochs}"]))
-                    tuned, scst_seconds = timed_training(scst_run, scst_dir, prepared,
+                    tuned, scst_seconds = timed_training(scst_run, scst_dir, row_data,
                                                          resume=True)
                     stages = [e for e in tuned.history if e.get("scst")]
                     split = {k: float(np.median([e[k] for e in stages])) for k in
@@ -257,11 +269,11 @@ def main() -> int:
                           + "); mean reward " + " ".join(f"{e['reward']:.3f}" for e in stages),
                           flush=True)
                     results += test_rows(f"{label} + SCST (seed {seed}, epoch {scst_kept})",
-                                         scst_dir, prepared, run.model.grid, refs)
+                                         scst_dir, row_data, run.reads_grid, refs)
                     entry.update(scst_kept_epoch=scst_kept, scst_seconds_per_epoch=scst_seconds,
                                  scst_split=split, scst_history=tuned.history)
                 report["rows"].append(entry)
-        header = f"{'row':<40} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
+        header = f"{'row':<52} {'decode':<7} " + " ".join(f"{k:>7}" for k in (
             "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L")) + " distinct length"
         words = "one-letter words kept" if cleaning == "papers" else "one-letter words dropped"
         lines += [f"\n{cleaning} cleaning ({words}), test split, {summary['test']} images:",

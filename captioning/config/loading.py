@@ -144,7 +144,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # an optional section that is unset (encoder.fine_tune)
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
             node = child

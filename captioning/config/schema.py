@@ -57,6 +57,19 @@ class DataConfig(Section):
                              at_most(100_000, "images to draw (100,000 is about 1 GB)")] = 0
 
 
+class FineTuneConfig(Section):
+    """encoder.fine_tune: train the encoder's layers from `from_layer` on with the decoder.
+    Features are cached at the cut (that layer's input), once per encoder and cut; the layers
+    after it become the first layers of the trained model (features/cut.py)."""
+
+    # The first trained layer, by its Keras name: for mobilenet, conv_pad_12 trains the last
+    # two blocks, conv_dw_13 the last one. A wrong name is refused with the valid cuts listed;
+    # null is no fine-tuning (a search space's frozen choice).
+    from_layer: str
+    # The encoder layers' learning rate over the decoder's (train.learning_rate).
+    learning_rate_scale: StrictFloat = Field(0.1, gt=0.0, le=10.0)
+
+
 class EncoderConfig(Section):
     # A keras.applications CNN in snake case (features/encoders.py): inception_v3, resnet50,
     # mobilenet, efficientnet_b0, ...; or hub:<KerasHub preset or preset directory>, a vision
@@ -92,6 +105,20 @@ class EncoderConfig(Section):
     # that every trial reads one extraction).
     keep_grid: bool = False
     decode_workers: Annotated[StrictInt, Field(ge=1), at_most(256, "threads decoding images")] = 4
+    # The layer whose output is the feature map (None = the encoder's last), e.g. mobilenet's
+    # conv_pw_11_relu: its 14x14 map before the last stride-2 block instead of the final 7x7.
+    grid_layer: str | None = None
+    fine_tune: FineTuneConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frozen_without_a_cut(cls, data: Any) -> Any:
+        """fine_tune.from_layer null is no fine-tuning: what a space's `choice: [null, ...]`
+        over that key draws for its frozen trials."""
+        fine_tune = data.get("fine_tune") if isinstance(data, dict) else None
+        if isinstance(fine_tune, dict) and fine_tune.get("from_layer", "") is None:
+            return {**data, "fine_tune": None}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -149,6 +176,10 @@ class EncoderConfig(Section):
         return self
 
     def _fits_hub(self) -> EncoderConfig:
+        for key in ("fine_tune", "grid_layer"):
+            if getattr(self, key) is not None:
+                raise KeyProblem(key, f"only for keras.applications encoders, not a KerasHub "
+                                 f"preset ({self.name}); unset it")
         for key, why in (("alpha", "width multiplier"), ("preprocess", "pixel scaling")):
             if getattr(self, key) is not None:
                 raise KeyProblem(key, f"a KerasHub preset ({self.name}) sets its own {why}; "
@@ -317,6 +348,12 @@ class ExperimentConfig(Section):
         if value == "learned" or (value.startswith("spacy:") and len(value) > len("spacy:")):
             return value
         raise ValueError(f"expected 'learned' or 'spacy:<model name or path>', got {value!r}")
+
+    @property
+    def reads_grid(self) -> bool:
+        """Whether the trained model reads each image's feature map (a grid decoder, or an
+        encoder tail being fine-tuned, which reads the map at its cut), not the pooled vector."""
+        return self.model.grid or self.encoder.fine_tune is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON-able data (paths as strings)."""

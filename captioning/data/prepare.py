@@ -49,7 +49,7 @@ def prepare(config: ExperimentConfig, *, progress: bool = True,
     dataset = load_dataset(root, config.data.format, split_seed=config.data.split_seed,
                            keep_one_letter_words=config.data.keep_one_letter_words)
     features = load_or_extract(config.encoder, dataset.image_dir, dataset.images(), progress,
-                               grid=config.model.grid or config.encoder.keep_grid)
+                               grid=config.reads_grid or config.encoder.keep_grid)
     if features.skipped and not features.names:
         name, why = next(iter(features.skipped.items()))
         raise DatasetError(f"{dataset.image_dir}: none of the {len(features.skipped)} images "

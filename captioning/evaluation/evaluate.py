@@ -32,7 +32,7 @@ def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int |
         raise ValueError(f"split {split!r} has no images in {config.data.root}")
     names = prepared.dataset.splits[split]
     predictions = captioner.caption_features(
-        image_inputs(prepared.features, names, config.model.grid), beam_width)
+        image_inputs(prepared.features, names, config.reads_grid), beam_width)
     references = {name: prepared.dataset.captions[name] for name in names}
     scores = caption_scores(references, dict(zip(names, predictions, strict=True)))
     report = {

@@ -104,7 +104,8 @@ def search_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> Path | N
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         points = [(r["params"][key], r["value"]) for r in rows if key in r["params"]]
-        xs = [str(x) if isinstance(x, str | bool) else x for x, _ in points]
+        # Categories as text (a choice of null, e.g. no fine-tuning, as "None").
+        xs = [str(x) if isinstance(x, str | bool) or x is None else x for x, _ in points]
         ax.scatter(xs, [y for _, y in points], alpha=0.7)
         ax.set_xlabel(key)
         if key == "train.learning_rate":

@@ -1,4 +1,5 @@
-"""Image features: extracted once per (encoder, weights, input size, image list), cached as .npy.
+"""Image features: extracted once per (encoder, weights, input size, cut, image list), cached
+as .npy.
 
 The cache is shared by every run and every sweep trial. A file lock serialises extraction, so
 when two processes ask at once one extracts and the other waits and then reads the result;
@@ -121,6 +122,12 @@ def cache_key(encoder: EncoderConfig, image_dir: Path, names: Sequence[str]) -> 
         "dtype": encoder.cache_dtype,
         "images": images,
     }
+    # Where the cached map is taken, when not at the encoder's end (frozen trials of the
+    # whole encoder keep the keys they always had).
+    if encoder.grid_layer is not None:
+        spec["grid_layer"] = encoder.grid_layer
+    if encoder.fine_tune is not None:
+        spec["cut"] = encoder.fine_tune.from_layer
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 

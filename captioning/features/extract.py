@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from captioning.config.schema import EncoderConfig
 from captioning.data.images import ImageError, ImageSource, load_image
 from captioning.features import hub
-from captioning.features.encoders import build_encoder, input_size, preprocessing
+from captioning.features.cut import build_head
+from captioning.features.encoders import input_size, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str]
     """Run the encoder over images: (pooled features of the kept images, their per-channel
     mean of squares if `grid_path`, names kept, skipped name -> reason). With `grid_path`,
     every image's feature map is written there as it comes (one row per name)."""
-    encoder = build_encoder(encoder_config)
+    encoder = build_head(encoder_config)  # up to the cut or encoder.grid_layer, if set
     paths = [image_dir / name for name in names]
     vectors, squares, kept, skipped = [], [], [], {}
     grid = GridFile(grid_path, len(names), encoder_config.grid_dtype) if grid_path else None

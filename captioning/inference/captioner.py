@@ -14,7 +14,7 @@ from captioning.data.images import ImageError, ImageSource
 from captioning.data.vocabulary import Vocabulary
 from captioning.errors import ConfigError, ModelDirError, first_line
 from captioning.features import hub
-from captioning.features.encoders import build_encoder
+from captioning.features.cut import build_head
 from captioning.features.extract import encode_images
 from captioning.jsonfile import read_json
 from captioning.models.build import captioner_problem, load_keras_model, step_decoder
@@ -117,10 +117,10 @@ class Captioner:
 
     @property
     def encoder(self) -> object:
-        """The image encoder of config.json, built on first use (Keras fetches ImageNet
-        weights on this machine, once)."""
+        """The image encoder of config.json (its frozen head, when its tail was fine-tuned
+        inside model.keras), built on first use (Keras fetches ImageNet weights here, once)."""
         if self._encoder is None:
-            self._encoder = build_encoder(self.config.encoder)
+            self._encoder = build_head(self.config.encoder)
         return self._encoder
 
     def caption_images(self, sources: list[ImageSource], beam_width: int | None = None,
@@ -128,7 +128,7 @@ class Captioner:
         """A caption, or the ImageError that stopped it, for each image file or encoded image
         (JPEG, PNG, ... bytes), in order."""
         features, kept, errors = encode_images(self.encoder, self.config.encoder, sources,
-                                               labels=labels, grid=self.config.model.grid)
+                                               labels=labels, grid=self.config.reads_grid)
         captions = self.caption_features(features.astype("float32"), beam_width) if kept else []
         results: list[str | ImageError] = [errors.get(i) for i in range(len(sources))]
         for position, caption in zip(kept, captions, strict=True):

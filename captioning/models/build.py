@@ -20,6 +20,7 @@ from keras import ops
 from captioning.config.schema import ModelConfig, TrainConfig
 from captioning.models.protocol import FeatureStats, Stepper
 from captioning.models.registry import decoder_named, decoder_of
+from captioning.models.tuned import TailStepper, optimizer, parts
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -140,21 +141,21 @@ def build_model(config: ModelConfig, vocab_size: int, feature_mean: np.ndarray,
         embedding_matrix, positions=positions, max_length=max_length, **options)
 
 
-def compile_model(model: keras.Model, config: TrainConfig, total_steps: int = 1
-                  ) -> keras.Model:
-    """Adam on the masked cross-entropy, with train.schedule over `total_steps` steps."""
-    optimizer = keras.optimizers.Adam(learning_rate(config, total_steps),
-                                      global_clipnorm=config.clip_norm)
-    model.compile(optimizer=optimizer, loss=MaskedLoss(config.label_smoothing),
+def compile_model(model: keras.Model, config: TrainConfig, total_steps: int = 1,
+                  tail_scale: float | None = None) -> keras.Model:
+    """Adam on the masked cross-entropy, with train.schedule over `total_steps` steps (times
+    `tail_scale` for an encoder tail's layers, models/tuned.py)."""
+    adam = optimizer(model, learning_rate(config, total_steps), config.clip_norm, tail_scale)
+    model.compile(optimizer=adam, loss=MaskedLoss(config.label_smoothing),
                   metrics=[MaskedAccuracy()], steps_per_execution=config.steps_per_execution)
     return model
 
 
-def compile_scst(model: keras.Model, config: TrainConfig) -> keras.Model:
+def compile_scst(model: keras.Model, config: TrainConfig, tail_scale: float | None = None
+                 ) -> keras.Model:
     """Adam at train.scst.learning_rate (constant) on the policy-gradient loss."""
-    optimizer = keras.optimizers.Adam(config.scst.learning_rate,
-                                      global_clipnorm=config.clip_norm)
-    model.compile(optimizer=optimizer, loss=PolicyGradientLoss())
+    adam = optimizer(model, config.scst.learning_rate, config.clip_norm, tail_scale)
+    model.compile(optimizer=adam, loss=PolicyGradientLoss())
     return model
 
 
@@ -171,11 +172,14 @@ def precision(policy: str):
 
 
 def step_decoder(model: keras.Model) -> Stepper:
-    """The stepper of a model any decoder built: one model call per word for a batch."""
+    """The stepper of a model any decoder built: one model call per word for a batch (after
+    one call of the encoder tail in front of it, if it has one)."""
     decoder = decoder_of(model)
     if decoder is None:
         raise ValueError(f"model {model.name!r} was built by no known decoder")
-    return decoder.stepper(model)
+    front, core = parts(model)
+    stepper = decoder.stepper(core)
+    return stepper if front is None else TailStepper(front, stepper)
 
 
 def load_keras_model(path: Path) -> keras.Model:
@@ -185,7 +189,7 @@ def load_keras_model(path: Path) -> keras.Model:
 
 def captioner_problem(model: keras.Model, decoder: str = "merge") -> str | None:
     """Why `model` is not a captioner built by `decoder` (as its config.json says), or None."""
-    problem = decoder_named(decoder).problem(model)
+    problem = decoder_named(decoder).problem(parts(model)[1])
     if problem is None and decoder_of(model) is not decoder_named(decoder):
         problem = f"it is a {model.name!r} model, but its config names the {decoder} decoder"
     return problem

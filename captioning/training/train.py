@@ -60,6 +60,7 @@ from captioning.models.embeddings import load_vectors, spacy_embedding_matrix
 from captioning.models.protocol import Stepper
 from captioning.models.registry import decoder_named
 from captioning.training.checkpoints import MANIFEST, manifest_writer
+from captioning.training.finetune import build_tuned, tail_scale
 from captioning.training.scst import ScstStep, StepTimes, validation_metrics
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class _EpochEnd(keras.callbacks.Callback):
         logs.setdefault("learning_rate", _learning_rate(self.model))
         if self.score_images:
             inputs = image_inputs(self.prepared.features, self.score_images,
-                                  self.config.model.grid)
+                                  self.config.reads_grid)
             if self.decoder is None:  # built, and traced for this batch once, untimed
                 self.decoder = step_decoder(self.model)
                 generate(self.decoder, self.prepared.vocab, inputs,
@@ -282,7 +283,7 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
                            f"image ({len(prepared.dataset.skipped)} image(s) skipped; "
                            "`captioning prepare` lists them)")
     val_rows, val_seqs = caption_split(prepared, "val", length)
-    grid = config.model.grid
+    grid = config.reads_grid
     features, mean, var = model_inputs(prepared.features, np.unique(train_rows), grid)
 
     done: list[dict[str, float]] = []
@@ -299,10 +300,16 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
             log.info("embedding %s", config.embedding)
             matrix = spacy_embedding_matrix(vectors, prepared.vocab,
                                             seed=config.train.seed).matrix
-        model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
-                            positions=prepared.features.positions if grid else None,
-                            max_length=max(length, config.decode.max_length))
-        compile_model(model, config.train, config.train.epochs * len(train_batches))
+        longest = max(length, config.decode.max_length)
+        if config.encoder.fine_tune is not None:
+            model = build_tuned(config, features, np.unique(train_rows), len(prepared.vocab),
+                                matrix, longest)
+        else:
+            model = build_model(config.model, len(prepared.vocab), mean, var, matrix,
+                                positions=prepared.features.positions if grid else None,
+                                max_length=longest)
+        compile_model(model, config.train, config.train.epochs * len(train_batches),
+                      tail_scale(config))
 
     val_batches = (CaptionBatches(features, val_rows, val_seqs, batch, shuffle=False)
                    if val_seqs else None)
@@ -330,7 +337,7 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
         if not scst_done:  # from the best cross-entropy epoch, with an optimizer of its own
             model = compile_scst(keras.saving.load_model(model_dir / "model.keras",
                                                          compile=False, safe_mode=True),
-                                 config.train)
+                                 config.train, tail_scale(config))
         stopped_early = _scst_stage(config, prepared, model, features, val_batches,
                                     epoch_end, scst_done, verbose) or stopped_early
     assert epoch_end.best is not None

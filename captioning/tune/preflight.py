@@ -10,6 +10,7 @@ import ray
 
 from captioning.errors import ConfigError
 from captioning.features import hub
+from captioning.features.cut import build_head
 from captioning.features.encoders import build_encoder
 from captioning.training.devices import release
 
@@ -55,8 +56,9 @@ def check_cpus(cpus: float, *, cluster: bool) -> None:
 
 def check_encoder_files(encoders: list[Any]) -> None:
     """Build each encoder that reads a weights file, is a model file or a KerasHub preset
-    directory, here, before Ray (and check a preset's name): a file that does not fit is one
-    ConfigError now, not a failure in every trial."""
+    directory, here, before Ray (and check a preset's name, and the layers a cut or
+    encoder.grid_layer names): a file or layer that does not fit is one ConfigError now, not
+    a failure in every trial."""
     for encoder in encoders:
         if encoder.model is None and hub.is_hub(encoder.name):
             preset = hub.preset_of(encoder.name)
@@ -64,5 +66,8 @@ def check_encoder_files(encoders: list[Any]) -> None:
             if hub.is_local(preset):
                 build_encoder(encoder)
         elif encoder.model is not None or encoder.weights_file is not None:
-            build_encoder(encoder)
+            build_head(encoder)
+        elif encoder.fine_tune is not None or encoder.grid_layer is not None:
+            # The layer names, on the architecture alone: no ImageNet download here.
+            build_head(encoder.model_copy(update={"weights": "none"}))
     release()

@@ -114,12 +114,17 @@ class SearchSpace:
 
     def encoders(self, base: ExperimentConfig) -> list[Any]:
         """The encoder configs the space can give a trial: the base encoder with each value
-        (every choice, or both bounds) of the encoder keys it varies, in every combination."""
+        (every choice, or both bounds) of the encoder keys it varies, in every combination
+        (but for a key whose `when` another encoder key's value rules out)."""
         keys = [key for key in self.params if key.startswith("encoder.")]
         combinations: list[dict[str, Any]] = [{}]
         for key in keys:
-            combinations = [{**c, key: v} for c in combinations
-                            for v in self.params[key].edge_values()]
+            when = (self.params[key].when or {}).items()
+            combinations = [
+                combination for c in combinations for combination in (
+                    [c] if any(other in c and not _meets(c[other], wanted)
+                               for other, wanted in when)
+                    else [{**c, key: v} for v in self.params[key].edge_values()])]
         base_dict = base.to_dict()
         found = []
         for drawn in combinations:
@@ -152,7 +157,9 @@ def apply(base: dict[str, Any], drawn: dict[str, Any], source: str = "trial"
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an optional section that is unset (encoder.fine_tune)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {key}: {part} is not a section of the experiment")
         node[leaf] = value
