@@ -64,7 +64,7 @@ class FineTuneConfig(Section):
 
     # The first trained layer, by its Keras name: for mobilenet, conv_pad_12 trains the last
     # two blocks, conv_dw_13 the last one. A wrong name is refused with the valid cuts listed;
-    # null is no fine-tuning (a search space's frozen choice).
+    # null (or unset) is no fine-tuning (a search space's frozen choice).
     from_layer: str
     # The encoder layers' learning rate over the decoder's (train.learning_rate).
     learning_rate_scale: StrictFloat = Field(0.1, gt=0.0, le=10.0)
@@ -113,10 +113,11 @@ class EncoderConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _frozen_without_a_cut(cls, data: Any) -> Any:
-        """fine_tune.from_layer null is no fine-tuning: what a space's `choice: [null, ...]`
-        over that key draws for its frozen trials."""
+        """fine_tune without a from_layer (null, or unset) is no fine-tuning: what a space's
+        `choice: [null, ...]` over that key draws for its frozen trials, which may still draw
+        a learning_rate_scale."""
         fine_tune = data.get("fine_tune") if isinstance(data, dict) else None
-        if isinstance(fine_tune, dict) and fine_tune.get("from_layer", "") is None:
+        if isinstance(fine_tune, dict) and fine_tune.get("from_layer") is None:
             return {**data, "fine_tune": None}
         return data
 

@@ -1,2 +1,4 @@
 """Training one captioner: train_captioner and its epoch callback (train.py), checkpoints with a
-manifest (checkpoints.py), the Keras backend that trains (backend.py), GPU memory (devices.py)."""
+manifest (checkpoints.py), the model of a trial that fine-tunes the encoder (finetune.py),
+self-critical training (scst.py), the Keras backend that trains (backend.py), GPU memory
+(devices.py)."""
