@@ -6,12 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
-from pydantic import Field, StrictInt, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from captioning.config.limits import MAX_TRIALS, TRIALS_WHY
 from captioning.config.section import KeyProblem, Section, at_most
 from captioning.config.shipped import builtin_path
 from captioning.evaluation.metrics import Mode, ObjectiveMetric, RankingMetric, mode_of
+
+# Named here, built in tune/strategy.py (which imports Ray; the config must not).
+SEARCHERS = ("tpe", "random", "nsga2")
+SCHEDULERS = ("asha", "hyperband", "fifo")
+UNFIT_SEARCHERS = {
+    "cmaes": "CMA-ES samples a fixed, continuous space, so categorical and conditional keys "
+             "would be drawn at random",
+    "qmc": "QMC samples a fixed, continuous space, so categorical and conditional keys would "
+           "be drawn at random",
+    "gp": "the Gaussian-process sampler takes no categorical or conditional keys",
+}
 
 
 class ResourcesConfig(Section):
@@ -37,8 +48,14 @@ class SweepConfig(Section):
     # other scores, e.g. {val_cider: max, decode_ms_per_caption: min}. Optuna's TPE models
     # them all; the sweep's parent run gets the Pareto front of the trials' kept epochs.
     objectives: dict[ObjectiveMetric, Mode] | None = None
+    # Optuna's sampler of the trials (tune/strategy.py): tpe (models the results after
+    # startup_trials), random (the baseline), nsga2 (a genetic algorithm, multi-objective).
+    searcher: str = "tpe"
+    # Ray Tune's scheduler: asha (stops poor trials at each rung), hyperband (synchronous
+    # brackets; trials pause for theirs) or fifo (no early stopping). One metric: sweep.metric.
+    scheduler: str = "asha"
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
-    # up to train.epochs.
+    # up to train.epochs (HyperBand halves by reduction_factor too).
     grace_period: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
     reduction_factor: Annotated[StrictInt, Field(ge=2),
                                 at_most(100, "ASHA keeps 1 in this many")] = 2
@@ -57,6 +74,24 @@ class SweepConfig(Section):
                 and next(iter(objectives)) in get_args(RankingMetric):
             data = {**data, "metric": next(iter(objectives))}
         return data
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, name: str) -> str:
+        if name in UNFIT_SEARCHERS:
+            raise ValueError(f"{name}: not offered: {UNFIT_SEARCHERS[name]}; choose one of "
+                             f"{', '.join(SEARCHERS)}")
+        if name not in SEARCHERS:
+            raise ValueError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
+        return name
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of "
+                             f"{', '.join(SCHEDULERS)}")
+        return name
 
     @model_validator(mode="after")
     def _objectives_fit(self) -> SweepConfig:

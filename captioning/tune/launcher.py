@@ -1,7 +1,8 @@
 """The sweep launcher: build the config, build the tuner, fit, summarise.
 
-Ray Tune runs `train_trial` (tune/trainable.py) per trial, Optuna's TPE picks the next trial,
-ASHA stops poor ones early, and every trial is a nested MLflow run (tune/mlflow_callback.py).
+Ray Tune runs `train_trial` (tune/trainable.py) per trial, an Optuna sampler (TPE by default)
+picks the next trial, a scheduler (ASHA by default) stops poor ones early (tune/strategy.py),
+and every trial is a nested MLflow run (tune/mlflow_callback.py).
 What makes a resume safe lives in tune/resume.py; the checks before Ray starts, in
 tune/preflight.py.
 
@@ -22,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from optuna.samplers import TPESampler
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from captioning.config.schema import ExperimentConfig, SweepConfig
 from captioning.data.dataset import load_dataset
@@ -36,7 +34,7 @@ from captioning.models.registry import decoder_named
 from captioning.tracking.client import check_reachable, resolve_tracking_uri, tracking_failure
 from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
 from captioning.training.backend import training_backend
-from captioning.tune import pareto
+from captioning.tune import pareto, strategy
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
@@ -255,11 +253,7 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
         "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
         "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
         "max_concurrent_trials": config.sweep.max_concurrent_trials,
-        "sampler": (f"optuna TPESampler(seed={config.train.seed}, "
-                    f"n_startup_trials={config.sweep.startup_trials})"),
-        "scheduler": (f"ASHA(max_t={_most_epochs(config, space)}, grace_period="
-                      f"{config.sweep.grace_period}, reduction_factor="
-                      f"{config.sweep.reduction_factor})"),
+        **strategy.describe(config.sweep, config.train.seed, _most_epochs(config, space)),
         "metric": config.sweep.metric, "mode": config.sweep.mode,
         "resources": config.sweep.resources.model_dump(), "storage": sweep_dir,
         **{f"dataset.{k}": v for k, v in dataset.summary().items()},
@@ -275,19 +269,12 @@ def _most_epochs(config: ExperimentConfig, space: spaces.SearchSpace) -> int:
 
 def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpace,
                storage_path: str, callbacks: list[tune.Callback]) -> tune.Tuner:
-    """Optuna's TPE draws each trial from the space; ASHA stops the poor ones early."""
-    sampler = TPESampler(seed=config.train.seed, n_startup_trials=config.sweep.startup_trials)
-    objectives = config.sweep.objectives
-    # Several objectives: Optuna's TPE models them all (a multi-objective study); ASHA and the
-    # ranking of trials use the first, sweep.metric.
-    searcher = OptunaSearch(space=space.define_by_run,
-                            metric=list(objectives) if objectives else config.sweep.metric,
-                            mode=list(objectives.values()) if objectives else config.sweep.mode,
-                            sampler=sampler)
-    scheduler = ASHAScheduler(max_t=_most_epochs(config, space),
-                              grace_period=config.sweep.grace_period,
-                              reduction_factor=config.sweep.reduction_factor,
-                              time_attr="training_iteration")
+    """An Optuna sampler draws each trial from the space (sweep.searcher); a Ray Tune
+    scheduler stops the poor ones early (sweep.scheduler): tune/strategy.py. Several
+    objectives: the sampler models them all (a multi-objective study); the scheduler and the
+    ranking of trials use the first, sweep.metric."""
+    searcher = strategy.searcher(config.sweep, config.train.seed, space.define_by_run)
+    scheduler = strategy.scheduler(config.sweep, _most_epochs(config, space))
     return tune.Tuner(
         function,
         tune_config=tune.TuneConfig(

@@ -306,3 +306,29 @@ def test_the_second_real_photo_sweep_space_loads_with_scst_on():
         REPO / "benchmarks" / "search_spaces" / "flickr8k-dev-scst.yaml", config)
     assert "train.scst.learning_rate" in space.params
     assert "train.scst.epochs" not in space.params
+
+
+@pytest.mark.parametrize("searcher, scheduler", [("random", "fifo"), ("tpe", "hyperband")])
+def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_which(
+        searcher, scheduler, sample_root, tmp_path, mlflow_server, local_ray):
+    space = tmp_path / "space.yaml"
+    space.write_text("model.lstm_units:\n  choice: [16, 32]\n"
+                     "train.learning_rate:\n  loguniform: [1.0e-3, 1.0e-2]\n")
+    name = f"{searcher}-{scheduler}"
+    config = experiment(sample_root, tmp_path, mlflow_server, name,
+                        f"sweep.search_space={space}", "train.epochs=2", "train.patience=4",
+                        "train.score_images=10", "encoder.image_size=75",
+                        f"sweep.searcher={searcher}", f"sweep.scheduler={scheduler}",
+                        "sweep.startup_trials=2")
+    result = run_sweep(config, num_samples=3, say=lambda _: None)
+    assert result.trials == 3 and result.errors == 0
+    params = MlflowClient(mlflow_server).get_run(result.parent_run_id).data.params
+    assert params["sampler"].startswith({"random": "optuna RandomSampler(seed=0)",
+                                         "tpe": "optuna TPESampler(seed=0"}[searcher])
+    assert params["scheduler"].startswith({"fifo": "FIFO", "hyperband": "HyperBand"}[scheduler])
+    epochs = sorted(int(run.data.tags["epochs_run"])
+                    for run in trial_runs(mlflow_server, name, result.parent_run_id))
+    if scheduler == "fifo":  # no early stopping: every trial ran every epoch
+        assert epochs == [2, 2, 2]
+    else:  # HyperBand pauses and stops trials by their brackets; the best bracket finishes
+        assert len(epochs) == 3 and max(epochs) == 2 and min(epochs) >= 1
