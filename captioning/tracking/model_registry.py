@@ -51,7 +51,9 @@ class Promotion:
     candidates: int  # finished trials with a logged model and the metric
 
 
-def _sweep_run(client: MlflowClient, experiment: str | None, sweep_run: str | None) -> Any:
+def find_sweep(client: MlflowClient, experiment: str | None, sweep_run: str | None) -> Any:
+    """A sweep's parent run: `sweep_run`, else the newest sweep of MLflow experiment
+    `experiment` (of any, if None); RegistryError saying what is not there."""
     if sweep_run:
         try:
             run = client.get_run(sweep_run)
@@ -170,7 +172,7 @@ def promote(tracking_uri: str, *, experiment: str | None = None, sweep_run: str 
 def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
              sweep_run: str | None, metric: str | None, mode: str | None, model_name: str,
              alias: str, bounds: dict[tuple[str, str], float]) -> Promotion:
-    sweep = _sweep_run(client, experiment, sweep_run)
+    sweep = find_sweep(client, experiment, sweep_run)
     if metric is None:
         metric = sweep.data.params.get("metric", "val_cider")
         mode = mode or sweep.data.params.get("mode")

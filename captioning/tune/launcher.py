@@ -31,13 +31,19 @@ from captioning.data.prepare import ensure_data
 from captioning.errors import ConfigError
 from captioning.evaluation.figures import pareto_plot, search_plot
 from captioning.models.registry import decoder_named
-from captioning.tracking.client import check_reachable, resolve_tracking_uri, tracking_failure
+from captioning.tracking.client import (
+    check_reachable,
+    is_unreachable,
+    resolve_tracking_uri,
+    tracking_failure,
+)
 from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
 from captioning.training.backend import training_backend
 from captioning.tune import pareto, strategy
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
+from captioning.tune.report import make_report
 from captioning.tune.resume import CheckpointKeeper, keep_only_latest, repair_state
 from captioning.tune.trainable import train_trial, trial_dirname
 
@@ -64,6 +70,7 @@ class SweepResult:
     # A multi-objective sweep's trials at their kept epochs, the Pareto front first
     # (tune/pareto.py); empty for one metric.
     pareto: list[dict[str, Any]] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)  # the report's summary (tune/report.py)
 
 
 def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[str, Any] | None:
@@ -341,6 +348,16 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
                 files["pareto.png"] = figure
         with tracking_failure(tracker.uri, ended):
             tracker.finish_parent(best, plot, pareto=files)
+    summary = []
+    with tracking_failure(tracker.uri, ended):
+        try:
+            summary = make_report(tracker.uri, sweep_run=tracker.parent_run_id).summary
+        except Exception as error:  # noqa: BLE001 - the sweep is done and kept whatever this is
+            if is_unreachable(error):
+                raise
+            log.warning("the sweep's report could not be made (%s: %s); make it again with "
+                        "captioning report --sweep-run %s", type(error).__name__, error,
+                        tracker.parent_run_id)
     return SweepResult(sweep_dir, tracker.uri, tracker.parent_run_id, best, len(results),
                        results.num_errors, timeline, experiment_id=tracker.experiment_id,
-                       pareto=front)
+                       pareto=front, report=summary)

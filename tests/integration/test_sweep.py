@@ -310,7 +310,7 @@ def test_the_second_real_photo_sweep_space_loads_with_scst_on():
 
 @pytest.mark.parametrize("searcher, scheduler", [("random", "fifo"), ("tpe", "hyperband")])
 def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_which(
-        searcher, scheduler, sample_root, tmp_path, mlflow_server, local_ray):
+        searcher, scheduler, sample_root, tmp_path, mlflow_server, local_ray, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("model.lstm_units:\n  choice: [16, 32]\n"
                      "train.learning_rate:\n  loguniform: [1.0e-3, 1.0e-2]\n")
@@ -332,3 +332,29 @@ def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_w
         assert epochs == [2, 2, 2]
     else:  # HyperBand pauses and stops trials by their brackets; the best bracket finishes
         assert len(epochs) == 3 and max(epochs) == 2 and min(epochs) >= 1
+        return
+    # The report: written to the parent run when the sweep ended, and again on demand.
+    client = MlflowClient(mlflow_server)
+    listed = sorted(f.path for f in client.list_artifacts(result.parent_run_id, "report"))
+    assert listed == [f"report/{name}" for name in (
+        "history.png", "importances.png", "parallel_coordinates.png", "report.md")]
+    assert result.report[0] == f"sweep run {result.parent_run_id}: 3 finished trial(s) " \
+        "ranked by val_cider"
+    from captioning.cli import main
+
+    capsys.readouterr()
+    assert main(["report", "--sweep-run", result.parent_run_id,
+                 "--tracking-uri", mlflow_server]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == result.report
+    importance = next(line for line in printed if line.startswith("importance: "))
+    assert {part.rsplit(" ", 1)[0] for part in importance[12:].split(", ")} == {
+        "model.lstm_units", "train.learning_rate"}
+    md = Path(client.download_artifacts(result.parent_run_id, "report/report.md",
+                                        str(tmp_path / "got"))).read_text()
+    best = max(trial_runs(mlflow_server, name, result.parent_run_id),
+               key=lambda run: max(m.value for m in client.get_metric_history(
+                   run.info.run_id, "val_cider")))
+    assert md.splitlines()[0] == "# Sweep report: 3 finished trials, ranked by val_cider (max)"
+    top = md.split("## Top 3 trials")[1].splitlines()[4]  # the first row under the header
+    assert top.startswith(f"| {best.info.run_name} |")
