@@ -65,14 +65,19 @@ def trials_for(scheduler: str, budget: int, epochs: int, grace: int, reduction: 
     return max(2, round(budget / per_trial))
 
 
+def recipe(args: argparse.Namespace) -> list[str]:
+    """What every row shares: the merge decoder, its epochs and early stopping, no SCST."""
+    return ["model.decoder=merge", "encoder.keep_grid=false", f"train.epochs={args.epochs}",
+            "train.patience=3", "train.scst.epochs=0"]
+
+
 def sweep_config(args: argparse.Namespace, strategy: str, seed: int, work: Path
                  ) -> ExperimentConfig:
     searcher, scheduler = STRATEGIES[strategy]
     trials = trials_for(scheduler, args.budget, args.epochs, args.grace, 2)
     return load_experiment(args.experiment, [
-        f"name=sweep-{strategy.replace('+', '-')}-{seed}", "model.decoder=merge",
-        "encoder.keep_grid=false", f"train.epochs={args.epochs}", "train.patience=3",
-        "train.scst.epochs=0", f"train.backend={args.backend}", f"train.seed={seed}",
+        f"name=sweep-{strategy.replace('+', '-')}-{seed}", *recipe(args),
+        f"train.backend={args.backend}", f"train.seed={seed}",
         f"sweep.search_space={args.space.resolve()}", f"sweep.searcher={searcher}",
         f"sweep.scheduler={scheduler}", f"sweep.num_samples={trials}",
         f"sweep.grace_period={args.grace}", "sweep.reduction_factor=2",
@@ -101,9 +106,7 @@ def main() -> int:
 
     print("\n".join(machine_info()))
     work = Path(tempfile.mkdtemp(prefix="captioning-sweep-quality-"))
-    base = load_experiment(args.experiment, ["model.decoder=merge", "encoder.keep_grid=false",
-                                             f"train.epochs={args.epochs}", "train.patience=3",
-                                             "train.scst.epochs=0"])
+    base = load_experiment(args.experiment, recipe(args))
     prepared = prepare(base, progress=False)
     summary = prepared.summary()
     print(f"data: {summary['train']} / {summary['val']} / {summary['test']} train / val / test "
@@ -145,7 +148,9 @@ def main() -> int:
                              model_name=name)
             model_dir = fetch(f"models:/{name}@champion", result.tracking_uri,
                               folder / "promoted")
-            drawn = result.best["config"] if result.best else {}
+            # The promoted trial's draw (promote ranks by the kept epoch, as Ray's best may not).
+            drawn = next((t["config"] for t in result.timeline
+                          if t["trial_id"] == chosen.trial_id), {})
             label = f"{strategy} (seed {seed}, trial {chosen.trial_id})"
             scores = test_rows(label, model_dir, prepared, False, refs)
             rows += scores
