@@ -31,7 +31,7 @@ from common import machine_info, print_timing_notes  # noqa: E402
 from captioning.config.schema import EncoderConfig  # noqa: E402
 from captioning.data.sample import draw_sample_dataset  # noqa: E402
 from captioning.features.encoders import build_encoder  # noqa: E402
-from captioning.features.extract import encode_images  # noqa: E402
+from captioning.features.extract import encode_images, map_shape  # noqa: E402
 
 VITS = {"small": {"hidden_dim": 384, "num_heads": 6, "mlp_dim": 1536},
         "base": {"hidden_dim": 768, "num_heads": 12, "mlp_dim": 3072}}
@@ -86,7 +86,7 @@ def main() -> int:
             encoder = encoders[label]
             rate = len(images) / min(times[i])
             rates.append(rate)
-            grid = "x".join(str(d) for d in encoder.output_shape[1:])
+            grid = "x".join(str(d) for d in map_shape(encoder))
             print(f"{label:<18} {encoder.count_params() / 1e6:>9.1f}M {grid:>14} {rate:>9.1f}")
         print_timing_notes(times, "runs", load_before, load_after)
         print(f"ratio (hub vit-{args.vit}/16 / resnet50 images/s): {rates[1] / rates[0]:.2f}x")

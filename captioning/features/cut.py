@@ -30,9 +30,10 @@ def _layers_to(encoder: Any, end: Any) -> list[Any]:
 
 
 def _end(encoder: Any, grid_layer: str | None) -> Any:
-    """The tensor that is the encoder's feature map: grid_layer's output, or its own output."""
+    """The tensor that is the encoder's feature map: grid_layer's output, or its own (first)
+    output (a hub backbone's own pooled vector, its second, is no map to cut)."""
     if grid_layer is None:
-        return encoder.output
+        return encoder.outputs[0]
     names = [layer.name for layer in encoder.layers]
     if grid_layer not in names:
         maps = [layer.name for layer in encoder.layers[1:] if len(layer.output.shape) == 4]

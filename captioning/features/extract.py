@@ -60,15 +60,24 @@ def decoded_batches(sources: Sequence[ImageSource], size: int, batch_size: int, 
             yield [(start + offset, future.result()) for offset, future in enumerate(futures)]
 
 
+def map_shape(encoder: Any) -> tuple:
+    """The shape of one image's output of `encoder` that is its map ((h, w, channels), or
+    (dim,) for a model of one's own that pools itself): its first output, where a hub
+    backbone's own pooled vector is the second."""
+    return tuple(encoder.outputs[0].shape[1:])
+
+
 def encoded_batches(encoder: Any, encoder_config: EncoderConfig,
                     sources: Sequence[ImageSource], progress: bool = False,
                     labels: Sequence[str] | None = None
-                    ) -> Iterator[tuple[list[int], np.ndarray, dict[int, ImageError]]]:
+                    ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, dict[int, ImageError]]]:
     """The encoder's output for every readable image of `sources` (files or encoded bytes),
-    batch by batch, decoded ahead on a thread pool: (positions in `sources` of the rows,
-    outputs (rows, h, w, channels) or (rows, channels), the error of each other position)."""
+    batch by batch, decoded ahead on a thread pool: (positions in `sources` of the rows, their
+    maps (rows, h, w, channels) or vectors (rows, channels), their pooled vectors (the
+    encoder's own second output, else the maps' mean), the error of each other position)."""
     size = input_size(encoder_config)
     preprocess = preprocessing(encoder_config)
+    shape = map_shape(encoder)
     bar = tqdm(total=len(sources), desc=f"features {hub.label(encoder_config.name)}", unit="img",
                disable=not progress)
     for batch in decoded_batches(sources, size, encoder_config.batch_size,
@@ -76,12 +85,18 @@ def encoded_batches(encoder: Any, encoder_config: EncoderConfig,
         good = [(position, array) for position, array in batch if isinstance(array, np.ndarray)]
         errors = {position: result for position, result in batch
                   if isinstance(result, ImageError)}
-        outputs = np.zeros((0, *encoder.output_shape[1:]), "float32")
+        maps = np.zeros((0, *shape), "float32")
+        vectors = np.zeros((0, int(encoder.outputs[-1].shape[-1])), "float32")
         if good:
             pixels = preprocess(np.stack([array for _, array in good]).astype("float32"))
-            outputs = np.asarray(encoder.predict_on_batch(pixels), "float32")
+            outputs = encoder.predict_on_batch(pixels)
+            if isinstance(outputs, list | tuple):  # (map, the backbone's own pooled vector)
+                maps, vectors = (np.asarray(output, "float32") for output in outputs)
+            else:
+                maps = np.asarray(outputs, "float32")
+                vectors = pooled(maps)
         bar.update(len(batch))
-        yield [position for position, _ in good], outputs, errors
+        yield [position for position, _ in good], maps, vectors, errors
     bar.close()
 
 
@@ -95,28 +110,28 @@ def encode_images(encoder: Any, encoder_config: EncoderConfig, sources: Sequence
                   grid: bool = False) -> tuple[np.ndarray, list[int], dict[int, ImageError]]:
     """Features of every readable image in `sources`, in memory (for captioning a few).
 
-    Returns (features (kept, channels), or with `grid` the maps (kept, positions, channels);
-    positions in `sources` of the kept rows; the error of every other position).
+    Returns (pooled features (kept, channels), or with `grid` the maps (kept, positions,
+    channels); positions in `sources` of the kept rows; the error of every other position).
     """
     rows: list[np.ndarray] = []
     kept: list[int] = []
     errors: dict[int, ImageError] = {}
-    for positions, outputs, batch_errors in encoded_batches(encoder, encoder_config, sources,
-                                                            progress, labels):
+    for positions, maps, vectors, batch_errors in encoded_batches(
+            encoder, encoder_config, sources, progress, labels):
         if grid:
-            if outputs.ndim != 4:
+            if maps.ndim != 4:
                 raise ValueError(f"encoder {encoder_config.name} gives vectors, not a feature "
                                  "map: a grid decoder cannot read them")
             # (rows, h * w, channels); spelt out, as -1 cannot be inferred for no rows
-            rows.append(outputs.reshape(len(outputs), outputs.shape[1] * outputs.shape[2],
-                                        outputs.shape[3]))
+            rows.append(maps.reshape(len(maps), maps.shape[1] * maps.shape[2], maps.shape[3]))
         else:
-            rows.append(pooled(outputs).astype(encoder_config.cache_dtype))
+            rows.append(vectors.astype(encoder_config.cache_dtype))
         kept.extend(positions)
         errors.update(batch_errors)
     if not rows:  # no source at all
-        shape = encoder.output_shape[1:]
-        empty = (0, int(np.prod(shape[:-1])), shape[-1]) if grid else (0, shape[-1])
+        shape = map_shape(encoder)
+        empty = ((0, int(np.prod(shape[:-1])), shape[-1]) if grid
+                 else (0, int(encoder.outputs[-1].shape[-1])))
         return np.zeros(empty, encoder_config.cache_dtype), kept, errors
     return np.concatenate(rows), kept, errors
 
@@ -163,14 +178,14 @@ def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str]
     grid = GridFile(grid_path, len(names), encoder_config.grid_dtype) if grid_path else None
     done = 0
     try:
-        for positions, outputs, errors in encoded_batches(encoder, encoder_config, paths,
-                                                          progress):
+        for positions, maps, pooled_rows, errors in encoded_batches(encoder, encoder_config,
+                                                                    paths, progress):
             end = max([done, *positions, *errors]) + 1 if positions or errors else done
             if grid is not None:
-                grid.write(done, positions, outputs, end)
-                squares.append((outputs.astype("float32") ** 2).mean(axis=(1, 2)))
+                grid.write(done, positions, maps, end)
+                squares.append((maps.astype("float32") ** 2).mean(axis=(1, 2)))
             done = end
-            vectors.append(pooled(outputs).astype(encoder_config.cache_dtype))
+            vectors.append(pooled_rows.astype(encoder_config.cache_dtype))
             kept.extend(positions)
             for position, error in errors.items():
                 log.warning("skipping image %s", error)
@@ -178,7 +193,7 @@ def extract(encoder_config: EncoderConfig, image_dir: Path, names: Sequence[str]
     finally:
         if grid is not None:
             grid.close()
-    dim = int(encoder.output_shape[-1])
+    dim = int(encoder.outputs[-1].shape[-1])
     array = np.concatenate(vectors) if vectors else np.zeros((0, dim), encoder_config.cache_dtype)
     sq = np.concatenate(squares) if squares else None
     return array, sq, [names[position] for position in kept], skipped

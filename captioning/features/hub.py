@@ -6,9 +6,11 @@ as keras.applications weights are) or a local preset directory (`hub:/models/din
 `save_to_preset` writes it: config.json, model.weights.h5, image_converter.json), which needs
 no network. The backbone's patch tokens become the feature map the attention and Transformer
 decoders read (CLIP B/16 at 224 px: 14 x 14 x 768), its leading class and register tokens
-dropped; the merge decoder reads their mean, as it reads a CNN map's. A backbone that gives a
-map itself (KerasHub's CNNs) is used as it is. Pixels are scaled by the preset's own image
-converter, at the preset's own image size.
+dropped. The merge decoder reads the backbone's own pooled output where it has one (CLIP's
+class token, the input of its projection; SigLIP's attention pool, its map then the tokens
+before that pool), else the tokens' mean, as it reads a CNN map's: such an encoder has two
+outputs, (map, pooled vector). A backbone that gives a map itself (KerasHub's CNNs) is used as
+it is. Pixels are scaled by the preset's own image converter, at the preset's own image size.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from captioning.errors import ConfigError, first_line
 from captioning.jsonfile import read_json
 
 PREFIX = "hub:"
+# What a hub encoder's cached features are, bumped when that changes: 2, CLIP's and SigLIP's
+# pooled vector is their own (it was the tokens' mean).
+FEATURES_VERSION = 2
 
 
 def is_hub(name: str) -> bool:
@@ -72,7 +77,7 @@ def identity(name: str) -> object:
     files (a copy elsewhere still finds its features), a named one by its name."""
     preset = preset_of(name)
     if not is_local(preset):
-        return {"preset": preset}
+        return {"preset": preset, "features": FEATURES_VERSION}
     digest = hashlib.sha256()
     root = Path(preset).expanduser()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -80,7 +85,7 @@ def identity(name: str) -> object:
         with path.open("rb") as file:
             while chunk := file.read(1 << 20):
                 digest.update(chunk)
-    return {"preset_sha256": digest.hexdigest()}
+    return {"preset_sha256": digest.hexdigest(), "features": FEATURES_VERSION}
 
 
 def _keras_hub() -> Any:
@@ -157,8 +162,9 @@ def preprocess(preset: str) -> Callable[[Any], Any]:
 
 def build(preset: str, random_weights: bool, size: int, seed: int) -> Any:
     """A Keras model from (batch, size, size, 3) preprocessed images to the backbone's patch
-    tokens as a (batch, h, w, channels) map: the vision tower of a CLIP or SigLIP backbone,
-    any other backbone itself. `random_weights`: the preset's architecture, seeded."""
+    tokens as a (batch, h, w, channels) map, and for CLIP and SigLIP towers their own pooled
+    (batch, channels) vector as a second output: the vision tower of a CLIP or SigLIP
+    backbone, any other backbone itself. `random_weights`: the preset's architecture, seeded."""
     import keras
 
     keras_hub = _keras_hub()
@@ -167,6 +173,7 @@ def build(preset: str, random_weights: bool, size: int, seed: int) -> Any:
     backbone = _from_preset(lambda: keras_hub.models.Backbone.from_preset(
         preset, load_weights=not random_weights), preset, "backbone")
     tower = getattr(backbone, "vision_encoder", None) or backbone
+    tower, pooling = _with_pooled(tower, keras_hub)
     images = keras.Input((size, size, 3), name="images")
     feed = {next(iter(tower.input)): images} if isinstance(tower.input, dict) else images
     try:
@@ -174,15 +181,38 @@ def build(preset: str, random_weights: bool, size: int, seed: int) -> Any:
     except Exception as error:  # noqa: BLE001 - a backbone built for another size or input
         raise ConfigError(f"encoder.name: hub:{preset}: {type(tower).__name__} cannot read "
                           f"{size}x{size} images ({first_line(error, 240)})") from None
+    vector = None
+    if pooling == "attention pool":
+        outputs, vector = outputs
     if isinstance(outputs, dict):
         outputs = next((value for key, value in outputs.items() if "sequence" in key
                         or "hidden" in key), next(iter(outputs.values())))
+    if pooling == "class token":
+        vector = outputs[:, 0, :]
     if len(outputs.shape) == 3:
         outputs = _token_map(outputs, preset)
     elif len(outputs.shape) != 4:
         raise ConfigError(f"encoder.name: hub:{preset}: {type(tower).__name__} gives "
                           f"outputs of shape {tuple(outputs.shape)}, neither tokens nor a map")
-    return keras.Model(images, outputs, name=label(PREFIX + preset).replace("-", "_"))
+    name = label(PREFIX + preset).replace("-", "_")
+    if vector is not None:
+        return keras.Model(images, [outputs, vector], name=name)
+    return keras.Model(images, outputs, name=name)
+
+
+def _with_pooled(tower: Any, keras_hub: Any) -> tuple[Any, str | None]:
+    """The tower, and how its own pooled vector is had: a SigLIP tower, whose output is its
+    attention pool, becomes (tokens before the pool, the pool) ("attention pool"); a CLIP tower
+    gives its tokens, of which the first, the class token, is the pooled vector ("class
+    token"); any other tower is itself, pooled by the mean of its map (None)."""
+    import keras
+
+    if isinstance(tower, keras_hub.models.SigLIPVisionEncoder):
+        tokens = tower.post_layer_norm.output  # the input of its pool, tower.head
+        return keras.Model(tower.input, [tokens, tower.output]), "attention pool"
+    if isinstance(tower, keras_hub.models.CLIPVisionEncoder):
+        return tower, "class token"
+    return tower, None
 
 
 def _token_map(tokens: Any, preset: str) -> Any:
@@ -194,6 +224,8 @@ def _token_map(tokens: Any, preset: str) -> Any:
     side = math.isqrt(count)
     if side < 1:
         raise ConfigError(f"encoder.name: hub:{preset}: the backbone gives no patch tokens")
-    patches = tokens[:, count - side * side:, :]
+    # The last side**2 tokens, counted from the end: SigLIP's embedding claims one token more
+    # (a class token it does not have) in its symbolic shape than it gives when run.
+    patches = tokens[:, -side * side:, :]
     return keras.layers.Reshape((side, side, channels), name="token_map")(patches)
 

@@ -1,7 +1,8 @@
-"""A KerasHub backbone from a local preset directory, end to end: trained with a grid decoder,
-captioned by the command, served from a package that carries the preset (the original moved
-away), and searched against a keras.applications CNN in a sweep tracked by a real MLflow
-server, whose logged hub model captions through a runs:/ URI and whose best is promoted."""
+"""A KerasHub backbone from a local preset directory, end to end: a SigLIP tower trained with
+the merge decoder on its own pooled vector, captioned by the command, served from a package
+that carries the preset (the original moved away), and searched against a keras.applications
+CNN in a sweep tracked by a real MLflow server, whose logged hub model captions through a
+runs:/ URI and whose best is promoted."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from conftest import REPO, start_local_ray, trial_runs
 pytestmark = pytest.mark.slow
 
 
-def hub_experiment(sample_root: Path, preset: Path, **train) -> dict:
+def hub_experiment(sample_root: Path, preset: Path, decoder: str = "attention",
+                   **train) -> dict:
     return {"data": {"root": str(sample_root)},
             "encoder": {"name": f"hub:{preset}", "weights": "imagenet"},
-            "model": {"decoder": "attention", "lstm_units": 32, "embedding_dim": 16,
+            "model": {"decoder": decoder, "lstm_units": 32, "embedding_dim": 16,
                       "attention": {"units": 16}},
             "train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.003,
                       "score_images": 10, **train}}
@@ -35,8 +37,8 @@ def hub_experiment(sample_root: Path, preset: Path, **train) -> dict:
 
 def test_a_hub_encoder_trains_captions_and_is_served_from_a_package_carrying_its_preset(
         sample_root, tmp_path, capsys):
-    preset = tiny_preset(tmp_path / "presets" / "tiny-vit")
-    config = parse_config(hub_experiment(sample_root, preset))
+    preset = tiny_preset(tmp_path / "presets" / "tiny-siglip", "siglip")
+    config = parse_config(hub_experiment(sample_root, preset, "merge"))
     result = train_captioner(config, model_dir=tmp_path / "model", verbose=0)
     assert result.model_dir.is_dir()
     images = sorted((sample_root / "Images").glob("*.jpg"))[:3]

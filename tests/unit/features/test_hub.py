@@ -1,7 +1,8 @@
 """KerasHub backbones as encoders (`encoder.name: hub:<preset>`): the patch tokens are the
 feature map, the preset's own converter scales the pixels, a local preset directory needs no
-network and its features are cached by its content. Tiny backbones with random weights, saved
-with save_to_preset into a temp dir, stand in for CLIP, DINOv2 and ViT."""
+network and its features are cached by its content; CLIP and SigLIP give the merge decoder
+their own pooled vector. Tiny backbones with random weights, saved with save_to_preset into a
+temp dir, stand in for CLIP, SigLIP, DINOv2 and ViT."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import numpy as np
 import pytest
 
 from captioning.config.schema import EncoderConfig, parse_config
+from captioning.data.images import load_image
 from captioning.errors import ConfigError
 from captioning.features import hub
 from captioning.features.cache import cache_key, load_or_extract
 from captioning.features.encoders import build_encoder, input_size, preprocessing
+from captioning.features.extract import encode_images, map_shape
 
 SIZE, PATCH, WIDTH = 32, 8, 16  # a 4 x 4 grid of 16-d tokens
-KINDS = ["vit", "clip", "dinov2"]
+KINDS = ["vit", "clip", "siglip", "dinov2"]
 
 
 def tiny_preset(path: Path, kind: str = "vit", seed: int = 0, converter: bool = True) -> Path:
@@ -36,6 +39,9 @@ def tiny_preset(path: Path, kind: str = "vit", seed: int = 0, converter: bool = 
     elif kind == "clip":  # CLIP's vision tower: a class token, images given as a dict
         backbone = keras_hub.models.CLIPVisionEncoder(intermediate_dim=32, **common)
         scaling = keras_hub.layers.CLIPImageConverter
+    elif kind == "siglip":  # no class token; its output is an attention pool of the tokens
+        backbone = keras_hub.models.SigLIPVisionEncoder(intermediate_dim=32, **common)
+        scaling = keras_hub.layers.SigLIPImageConverter
     else:  # DINOv2 with two register tokens beside its class token
         backbone = keras_hub.models.DINOV2Backbone(
             intermediate_dim=32, num_register_tokens=2, position_embedding_shape=(SIZE, SIZE, 3),
@@ -57,23 +63,54 @@ def hub_config(preset: Path, **keys) -> EncoderConfig:
     return EncoderConfig(name=f"hub:{preset}", **keys)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_the_patch_tokens_are_the_feature_map_and_leading_tokens_are_dropped(presets, kind):
+def tokens_and_pool(preset: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The preset's backbone run by KerasHub itself: its tokens, and its attention pool where
+    its output is one (SigLIP's, whose tokens are the input of its last layer, the pool)."""
+    import keras
     import keras_hub
 
+    backbone = keras_hub.models.Backbone.from_preset(str(preset))
+    feed = {"images": pixels} if isinstance(backbone.input, dict) else pixels
+    if not isinstance(backbone, keras_hub.models.SigLIPVisionEncoder):
+        return np.asarray(backbone.predict_on_batch(feed)), None
+    norm, head = backbone.layers[-2:]  # ... -> post_layer_norm -> head (the pool)
+    assert isinstance(norm, keras.layers.LayerNormalization) and head.output is backbone.output
+    tokens = keras.Model(backbone.input, norm.output)
+    return np.asarray(tokens.predict_on_batch(feed)), np.asarray(backbone.predict_on_batch(feed))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_patch_tokens_are_the_feature_map_and_leading_tokens_are_dropped(presets, kind):
     config = hub_config(presets[kind])
     encoder = build_encoder(config)
     assert input_size(config) == SIZE
-    assert encoder.output_shape == (None, SIZE // PATCH, SIZE // PATCH, WIDTH)
+    assert map_shape(encoder) == (SIZE // PATCH, SIZE // PATCH, WIDTH)
     pixels = preprocessing(config)(
         np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype("float32"))
-    backbone = keras_hub.models.Backbone.from_preset(str(presets[kind]))
-    feed = {"images": pixels} if isinstance(backbone.input, dict) else pixels
-    tokens = np.asarray(backbone.predict_on_batch(feed))
-    leading = {"vit": 1, "clip": 1, "dinov2": 3}[kind]  # class (and register) tokens
+    tokens, _ = tokens_and_pool(presets[kind], pixels)
+    leading = {"vit": 1, "clip": 1, "siglip": 0, "dinov2": 3}[kind]  # class, register tokens
     assert tokens.shape[1] == leading + 16
-    np.testing.assert_allclose(np.asarray(encoder.predict_on_batch(pixels)),
-                               tokens[:, leading:].reshape(2, 4, 4, WIDTH), atol=1e-5)
+    outputs = encoder.predict_on_batch(pixels)
+    grid = outputs[0] if kind in ("clip", "siglip") else outputs
+    np.testing.assert_allclose(np.asarray(grid), tokens[:, leading:].reshape(2, 4, 4, WIDTH),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_merge_vector_is_the_backbones_own_pooled_output_else_the_tokens_mean(
+        presets, kind, sample_root):
+    config = hub_config(presets[kind])
+    images = sorted((sample_root / "Images").glob("*.jpg"))[:3]
+    vectors, kept, errors = encode_images(build_encoder(config), config, images)
+    assert kept == [0, 1, 2] and not errors and vectors.shape == (3, WIDTH)
+    maps, _, _ = encode_images(build_encoder(config), config, images, grid=True)
+    pixels = preprocessing(config)(np.stack([load_image(image, SIZE) for image in images])
+                                   .astype("float32"))
+    tokens, pool = tokens_and_pool(presets[kind], pixels)
+    own = {"clip": tokens[:, 0], "siglip": pool}.get(kind)  # CLIP's class token, SigLIP's pool
+    np.testing.assert_allclose(vectors, maps.mean(1) if own is None else own, atol=1e-4)
+    if own is not None:
+        assert np.abs(vectors - maps.mean(1)).max() > 1e-3  # not the mean, which it differs from
 
 
 def test_pixels_are_scaled_by_the_presets_own_image_converter(presets):
