@@ -7,11 +7,14 @@ dropout, schedule, label smoothing), with these rows:
 
   TPE + ASHA      sweep.searcher tpe, sweep.scheduler asha (grace 2, halving at each rung)
   random + FIFO   sweep.searcher random, sweep.scheduler fifo (every trial to its end)
+  PBT             sweep.scheduler pbt: a random population, every --pbt-interval epochs the
+                  bottom quarter continues from the top quarter with learning rate, batch,
+                  dropout and smoothing perturbed (every trial to its end)
   seed recipe     the merge model of the seed (lr 0.0012, batch 32, LSTM 256, dropout 0.5),
                   trained alone, for the same epochs and early stopping
 
 Each sweep runs once per search seed (train.seed), with as many trials as fill about
---budget trial-epochs (FIFO: budget / epochs; ASHA: budget / the epochs a trial runs on
+--budget trial-epochs (FIFO, PBT: budget / epochs; ASHA: budget / the epochs a trial runs on
 average when half go on at each rung). Its best trial by validation CIDEr-D at the kept
 epoch is promoted and fetched from MLflow as a user would (`captioning promote`), and only
 then scored on the test split, greedy and beam 3, beside the most frequent caption and
@@ -46,7 +49,8 @@ from captioning.training.train import train_captioner  # noqa: E402
 from captioning.tune.launcher import run_sweep  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-STRATEGIES = {"tpe+asha": ("tpe", "asha"), "random+fifo": ("random", "fifo")}
+STRATEGIES = {"tpe+asha": ("tpe", "asha"), "random+fifo": ("random", "fifo"),
+              "pbt": ("random", "pbt")}
 
 
 def asha_epochs(epochs: int, grace: int, reduction: int) -> float:
@@ -82,6 +86,7 @@ def sweep_config(args: argparse.Namespace, strategy: str, seed: int, work: Path
         f"sweep.scheduler={scheduler}", f"sweep.num_samples={trials}",
         f"sweep.grace_period={args.grace}", "sweep.reduction_factor=2",
         f"sweep.startup_trials={min(args.startup, trials)}",
+        f"sweep.pbt.interval={args.pbt_interval}",
         f"sweep.tracking_uri=sqlite:///{work / 'mlflow.db'}",
         f"sweep.storage_path={work / 'ray_results'}"])
 
@@ -97,6 +102,7 @@ def main() -> int:
     parser.add_argument("--grace", type=int, default=2, help="ASHA's first rung")
     parser.add_argument("--startup", type=int, default=4,
                         help="random trials before TPE models the results")
+    parser.add_argument("--pbt-interval", type=int, default=2, help="epochs between clones")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
                         choices=list(STRATEGIES))

@@ -15,7 +15,13 @@ from captioning.evaluation.metrics import Mode, ObjectiveMetric, RankingMetric, 
 
 # Named here, built in tune/strategy.py (which imports Ray; the config must not).
 SEARCHERS = ("tpe", "random", "nsga2")
-SCHEDULERS = ("asha", "hyperband", "fifo")
+SCHEDULERS = ("asha", "hyperband", "fifo", "pbt")
+# What Population Based Training may change in a running trial: keys that leave the model's
+# architecture as it is (training/perturb.py applies them to a trial it continues). PBT
+# perturbs those of them the search space draws without a `when` condition.
+PERTURBABLE = ("train.learning_rate", "train.label_smoothing", "train.batch_size",
+               "model.dropout")
+MODELLING_SEARCHERS = ("tpe", "nsga2")
 UNFIT_SEARCHERS = {
     "cmaes": "CMA-ES samples a fixed, continuous space, so categorical and conditional keys "
              "would be drawn at random",
@@ -30,6 +36,20 @@ class ResourcesConfig(Section):
     # Fractions share a card between trials (0.5 = two trials per GPU); TensorFlow's memory
     # growth is switched on in every trial so they can.
     gpu: Annotated[float, Field(ge=0), at_most(64, "GPUs per trial")] = 0.0
+
+
+class PbtConfig(Section):
+    """Population Based Training (sweep.scheduler: pbt), Ray Tune's PopulationBasedTraining."""
+    # Every `interval` epochs, a trial in the bottom `quantile` continues from the checkpoint
+    # of one in the top quantile, with its hyperparameters perturbed (times 0.8 or 1.2, or a
+    # neighbouring choice; redrawn from the space with `resample_probability`), kept inside
+    # the space's bounds.
+    interval: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
+    quantile: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    resample_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    # Synchronous PBT: trials wait, paused, until all have reached the interval, then the
+    # bottom ones exploit (same choices every run); else each trial as it gets there.
+    synch: bool = False
 
 
 class SweepConfig(Section):
@@ -52,8 +72,10 @@ class SweepConfig(Section):
     # startup_trials), random (the baseline), nsga2 (a genetic algorithm, multi-objective).
     searcher: str = "tpe"
     # Ray Tune's scheduler: asha (stops poor trials at each rung), hyperband (synchronous
-    # brackets; trials pause for theirs) or fifo (no early stopping). One metric: sweep.metric.
+    # brackets; trials pause for theirs), fifo (no early stopping) or pbt (Population Based
+    # Training, sweep.pbt; its searcher is random). One metric: sweep.metric.
     scheduler: str = "asha"
+    pbt: PbtConfig = PbtConfig()
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
     # up to train.epochs (HyperBand halves by reduction_factor too).
     grace_period: Annotated[StrictInt, Field(ge=1), at_most(10_000, "epochs")] = 2
@@ -65,6 +87,13 @@ class SweepConfig(Section):
     tracking_uri: str | None = None
     # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.
     storage_path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pbt_draws_at_random(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scheduler") == "pbt" and "searcher" not in data:
+            data = {**data, "searcher": "random"}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +121,16 @@ class SweepConfig(Section):
             raise ValueError(f"unknown scheduler {name!r}; choose one of "
                              f"{', '.join(SCHEDULERS)}")
         return name
+
+    @model_validator(mode="after")
+    def _pbt_fits(self) -> SweepConfig:
+        if self.scheduler != "pbt":
+            return self
+        if self.searcher in MODELLING_SEARCHERS:
+            raise KeyProblem("searcher", f"{self.searcher} models each trial's score as that of "
+                             "its first draw, which PBT changes as the trial goes on; with "
+                             "scheduler pbt, use searcher random (the default for pbt)")
+        return self
 
     @model_validator(mode="after")
     def _objectives_fit(self) -> SweepConfig:

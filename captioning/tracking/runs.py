@@ -39,6 +39,11 @@ SWEEP_TAG = "captioning.sweep"
 SWEEP_DIR_TAG = "captioning.sweep_dir"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# Population Based Training: a trial's run logs, every epoch, the value of each key PBT may
+# change as the metric pbt/<key>, and each clone of another trial in its pbt.clones tag.
+PBT_PREFIX = "pbt/"
+CLONES_TAG = "pbt.clones"
+MAX_TAG_CHARS = 8000  # what an MLflow tag value holds
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -146,8 +151,24 @@ class SweepTracker:
         step = int(metrics["epoch"])
         stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[
-            Metric(name, float(metrics[name]), stamp, step)
-            for name in EPOCH_METRICS if name in metrics])
+            Metric(name, float(value), stamp, step) for name, value in metrics.items()
+            if name in EPOCH_METRICS or name.startswith(PBT_PREFIX)])
+
+    def record_clone(self, run_id: str, clone: Mapping[str, Any], name: str) -> None:
+        """Add a PBT clone (the trial and epoch continued from, the whole draw taken) to the
+        run's `pbt.clones` tag, a JSON list, oldest first (as many of the latest as an MLflow
+        tag holds), and name the run after the draw it now trains (its params stay its
+        first draw: MLflow params cannot change)."""
+        tags = self.client.get_run(run_id).data.tags
+        try:
+            clones = json.loads(tags.get(CLONES_TAG, "[]"))
+        except ValueError:
+            clones = []
+        clones = [*clones, dict(clone)]
+        while len(clones) > 1 and len(json.dumps(clones)) > MAX_TAG_CHARS:
+            clones.pop(0)
+        self.client.set_tag(run_id, CLONES_TAG, json.dumps(clones)[:MAX_TAG_CHARS])
+        self.client.set_tag(run_id, "mlflow.runName", name)
 
     def last_step(self, run_id: str) -> int:
         """The last epoch run `run_id` has logged (0 if none)."""

@@ -42,11 +42,12 @@ from captioning.config.loading import save_config
 from captioning.config.schema import ExperimentConfig
 from captioning.data.batches import CaptionBatches, encode_captions
 from captioning.data.prepare import Prepared, prepare
-from captioning.errors import DatasetError, TrainingError
+from captioning.errors import DatasetError, ModelDirError, TrainingError
 from captioning.evaluation.figures import attention_figure
 from captioning.evaluation.reward import CiderReward
 from captioning.evaluation.scores import caption_scores, strip_markers
 from captioning.features.cache import FeatureSet, image_inputs
+from captioning.jsonfile import read_json
 from captioning.models.build import (
     MaskedLoss,
     build_model,
@@ -61,6 +62,7 @@ from captioning.models.protocol import Stepper
 from captioning.models.registry import decoder_named
 from captioning.training.checkpoints import MANIFEST, manifest_writer
 from captioning.training.finetune import build_tuned, tail_scale
+from captioning.training.perturb import changes, continue_with
 from captioning.training.scst import ScstStep, StepTimes, validation_metrics
 
 log = logging.getLogger(__name__)
@@ -263,18 +265,20 @@ def train_captioner(config: ExperimentConfig, *, model_dir: Path | None = None,
     prepared = prepared or prepare(config)
     model_dir = Path(model_dir or default_model_dir(config))
     model_dir.mkdir(parents=True, exist_ok=True)
+    saved = model_dir / "config.json"  # what a model to resume was trained with
+    before = read_json(saved, ModelDirError) if resume and saved.is_file() else None
     write_whole({model_dir / "config.json": lambda path: save_config(config, path),
                  model_dir / "vocab.json": prepared.vocab.save},
                 "checkpoint", f"{model_dir} is as it was")
 
     # The dtype policy covers the model, not the features: they are cached whatever it is.
     with precision(config.train.precision):
-        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume)
+        return _fit(config, prepared, model_dir, on_epoch, vectors, verbose, resume, before)
 
 
 def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
          on_epoch: EpochCallback | None, vectors: object, verbose: int | None,
-         resume: bool) -> TrainResult:
+         resume: bool, before: dict | None = None) -> TrainResult:
     keras.utils.set_random_seed(config.train.seed)
     length = config.train.max_caption_length
     train_rows, train_seqs = caption_split(prepared, "train", length)
@@ -294,6 +298,9 @@ def _fit(config: ExperimentConfig, prepared: Prepared, model_dir: Path,
         model = keras.saving.load_model(model_dir / "last.keras", safe_mode=True)
         done = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
         log.info("resuming %s after epoch %d", model_dir, len(done))
+        # Other hyperparameters than it trained with (a PBT clone): training/perturb.py.
+        continue_with(model, config, changes(before, config),
+                      config.train.epochs * len(train_batches), tail_scale(config))
     else:
         matrix = None
         if vectors is not None:

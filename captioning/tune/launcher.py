@@ -85,8 +85,9 @@ def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[st
     metrics = {k: float(row[k]) for k in row.index
                if k.startswith(("val_", "loss", "accuracy")) and row[k] == row[k]}
     trial_id = best.metrics["trial_id"]
-    return {"trial_id": trial_id, "run_id": runs.get(trial_id, ""), "config": best.config,
-            "epoch": int(row["epoch"]), "metrics": metrics,
+    return {"trial_id": trial_id, "run_id": runs.get(trial_id, ""),
+            "config": spaces.drawn_values(best.config), "epoch": int(row["epoch"]),
+            "metrics": metrics,
             "checkpoint": best.checkpoint.path if best.checkpoint else None}
 
 
@@ -105,6 +106,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     config = _sweep_settings(config, smoke_test, num_samples)
     space_path = Path(search_space or config.sweep.search_space)
     space = spaces.load_search_space(space_path, config)
+    if config.sweep.scheduler == "pbt":
+        strategy.scheduler(config.sweep, 1, space)  # refuses a space it cannot perturb
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
     check_encoder_files(space.encoders(config))
@@ -138,8 +141,12 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         tuner = tune.Tuner.restore(sweep_dir, function, resume_errored=True)
     else:
         tuner = _new_tuner(function, config, space, storage_path, [
-            MlflowTrials(uri, config.name, tracker.parent_run_id, base, dataset_input(dataset)),
-            CheckpointKeeper(sweep_dir), *(callbacks or [])])
+            MlflowTrials(uri, config.name, tracker.parent_run_id, base, dataset_input(dataset),
+                         tuple(strategy.perturbed_keys(space))
+                         if config.sweep.scheduler == "pbt" else ()),
+            # PBT may clone any trial's earlier checkpoint: none is deleted until the end.
+            CheckpointKeeper(sweep_dir, delete=config.sweep.scheduler != "pbt"),
+            *(callbacks or [])])
     results = _fit(tuner, tracker)
     # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
     # for --resume: a trial is done only if it said so, reported its last epoch, or failed.
@@ -260,7 +267,8 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
         "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
         "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
         "max_concurrent_trials": config.sweep.max_concurrent_trials,
-        **strategy.describe(config.sweep, config.train.seed, _most_epochs(config, space)),
+        **strategy.describe(config.sweep, config.train.seed, _most_epochs(config, space),
+                            space),
         "metric": config.sweep.metric, "mode": config.sweep.mode,
         "resources": config.sweep.resources.model_dump(), "storage": sweep_dir,
         **{f"dataset.{k}": v for k, v in dataset.summary().items()},
@@ -281,16 +289,22 @@ def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpac
     objectives: the sampler models them all (a multi-objective study); the scheduler and the
     ranking of trials use the first, sweep.metric."""
     searcher = strategy.searcher(config.sweep, config.train.seed, space.define_by_run)
-    scheduler = strategy.scheduler(config.sweep, _most_epochs(config, space))
+    scheduler = strategy.scheduler(config.sweep, _most_epochs(config, space), space)
     return tune.Tuner(
-        function,
+        function, param_space=strategy.param_space(config.sweep, space),
         tune_config=tune.TuneConfig(
             metric=config.sweep.metric, mode=config.sweep.mode, search_alg=searcher,
             scheduler=scheduler, num_samples=config.sweep.num_samples,
-            max_concurrent_trials=config.sweep.max_concurrent_trials,
+            # PBT's generator limits the trials at once itself (strategy.searcher).
+            max_concurrent_trials=(None if config.sweep.scheduler == "pbt"
+                                   else config.sweep.max_concurrent_trials),
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=config.name, storage_path=storage_path, callbacks=callbacks,
+            # A trial's last epoch ends it before PBT sees it: none is cloned with nothing
+            # left to train.
+            stop=({"training_iteration": _most_epochs(config, space)}
+                  if config.sweep.scheduler == "pbt" else None),
             failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
             # Ray deletes no checkpoint: CheckpointKeeper does, once it is safe.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
@@ -324,7 +338,8 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
         if frame is not None and len(frame):
             last = frame.iloc[-1]
             extracted = frame.get("features_extracted")
-            timeline.append({"trial_id": last["trial_id"], "config": dict(result.config),
+            timeline.append({"trial_id": last["trial_id"],
+                             "config": spaces.drawn_values(result.config),
                              "epochs": int(last["training_iteration"]),
                              "features_extracted": int(extracted.sum())
                              if extracted is not None else 0,
@@ -332,7 +347,8 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
                              "end": float(last["timestamp"])})
         if frame is not None and metric in frame:
             value = frame[metric].max() if mode == "max" else frame[metric].min()
-            rows.append({"params": dict(result.config), "value": float(value)})
+            rows.append({"params": spaces.drawn_values(result.config),
+                         "value": float(value)})
     objectives = config.sweep.objectives or {}
     front = pareto.front_rows(results, objectives, runs) if objectives else []
     with tempfile.TemporaryDirectory(prefix="captioning-sweep-") as folder:

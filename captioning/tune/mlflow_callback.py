@@ -21,7 +21,7 @@ from ray import tune
 from captioning.errors import first_line
 from captioning.evaluation.metrics import EPOCH_METRICS
 from captioning.tracking.client import fail_fast, is_unreachable
-from captioning.tracking.runs import SweepTracker, flatten
+from captioning.tracking.runs import PBT_PREFIX, SweepTracker, flatten
 from captioning.tune import search_space as spaces
 from captioning.tune.trainable import trial_name
 
@@ -58,9 +58,10 @@ class MlflowTrials(tune.Callback):
     TIMEOUT_S = 30  # a server that accepts but does not answer holds the driver this long
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, base: dict[str, Any],
-                 dataset: Any = None):
+                 dataset: Any = None, perturbed: tuple[str, ...] = ()):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.base, self.dataset = base, dataset  # dataset: the MLflow input every trial logs
+        self.perturbed = tuple(perturbed)  # the keys PBT changes in running trials
         self.max_epochs = int(base["train"]["epochs"])  # of sweeps saved before SCST
         self.pending: list[tuple[str, str, Any]] = []  # (kind, trial id, payload), in order
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
@@ -104,6 +105,10 @@ class MlflowTrials(tune.Callback):
             step = int(payload["metrics"]["epoch"])
             if trial_id not in self.steps:
                 self.steps[trial_id] = self.tracker.last_step(run_id)
+            clone = payload.get("clone")
+            if clone is not None:  # PBT: its epochs after the one it continued from, anew
+                self.tracker.record_clone(run_id, clone, payload["name"])
+                self.steps[trial_id] = min(self.steps[trial_id], int(clone["epoch"]))
             if step <= self.steps[trial_id]:
                 return  # in MLflow already: a resumed trial reporting again what it had trained
             self.tracker.log_epoch(run_id, payload["metrics"], payload["timestamp_ms"])
@@ -188,9 +193,19 @@ class MlflowTrials(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         metrics = {k: result[k] for k in ("epoch", *EPOCH_METRICS) if k in result}
-        self._queue("epoch", trial, {"metrics": metrics,
-                                     "timestamp_ms": int(result.get("timestamp", time.time())
-                                                         * 1000)})
+        # The values the epoch trained with: the trial's own config, as its worker reported
+        # it (PBT may already have changed trial.config for the epochs to come).
+        config = result.get("config") or trial.config
+        perturbed = {key: config[key] for key in getattr(self, "perturbed", ()) if key in config}
+        metrics.update({PBT_PREFIX + key: value for key, value in perturbed.items()})
+        payload = {"metrics": metrics,
+                   "timestamp_ms": int(result.get("timestamp", time.time()) * 1000)}
+        if result.get("pbt_cloned_from"):  # the trial's whole draw is the clone's now
+            payload["clone"] = {"from_trial": result["pbt_cloned_from"],
+                                "epoch": int(result.get("pbt_cloned_epoch", 0)),
+                                "draw": spaces.drawn_values(config)}
+            payload["name"] = trial_name(config)
+        self._queue("epoch", trial, payload)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))

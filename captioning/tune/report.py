@@ -25,6 +25,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from captioning.tracking.model_registry import find_sweep
+from captioning.tracking.runs import CLONES_TAG
 from captioning.tune.search_space import Param, _meets
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,18 @@ def _drawn(params: dict[str, str], space: dict[str, Param]) -> dict[str, Any]:
     return drawn
 
 
+def _ended_with(run: Any, space: dict[str, Param]) -> dict[str, str]:
+    """The searched values a trial's run ended with: its params (its first draw), or where
+    PBT cloned another trial into it, the draw of its last clone (run.data.tags[CLONES_TAG])."""
+    params = dict(run.data.params)
+    try:
+        last = json.loads(run.data.tags.get(CLONES_TAG, "[]"))[-1]["draw"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return params
+    return {**{k: v for k, v in params.items() if k not in space},
+            **{k: str(v) for k, v in last.items() if k in space}}
+
+
 def _samples(client: MlflowClient, run_id: str, folder: Path) -> list[str]:
     try:
         path = client.download_artifacts(run_id, "val_samples.json", str(folder))
@@ -89,7 +102,7 @@ def trials(client: MlflowClient, sweep: Any, space: dict[str, Param], metric: st
                 continue
             kept = (max if mode == "max" else min)(history, key=lambda m: m.value)
             found.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id,
-                               run.info.start_time, _drawn(run.data.params, space),
+                               run.info.start_time, _drawn(_ended_with(run, space), space),
                                kept.value, kept.step,
                                _samples(client, run.info.run_id, Path(folder))))
     return sorted(found, key=lambda t: t.started)
@@ -139,7 +152,8 @@ def importances(study: Any) -> dict[str, float]:
 
 def _figures(study: Any, folder: Path, metric: str, weights: dict[str, float]
              ) -> dict[str, Path]:
-    """Optuna's own matplotlib figures of `study`, as PNG files."""
+    """Optuna's own matplotlib figures of `study`, as PNG files, and its plotly ones in
+    report.html."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +177,29 @@ def _figures(study: Any, folder: Path, metric: str, weights: dict[str, float]
         figure.savefig(folder / name, dpi=90)
         matplotlib.pyplot.close(figure)
         made[name] = folder / name
+    made["report.html"] = _interactive(study, folder / "report.html", metric, weights)
     return made
+
+
+def _interactive(study: Any, path: Path, metric: str, weights: dict[str, float]) -> Path:
+    """The same three figures by Optuna's plotly code, interactive (hover a point for its
+    trial and values), in one self-contained HTML file: plotly.js inside it once, so it
+    shows in MLflow's artifact viewer with no network."""
+    from optuna import visualization as plots
+
+    figures = [("Optimisation history", plots.plot_optimization_history(
+        study, target_name=metric)), ("Parallel coordinates", plots.plot_parallel_coordinate(
+            study, target_name=metric))]
+    if weights:
+        figures.append(("Parameter importances", plots.plot_param_importances(
+            study, evaluator=_seeded(), target_name=metric)))
+    parts = [f"<h2>{title}</h2>" + figure.to_html(full_html=False,
+                                                   include_plotlyjs=index == 0)
+             for index, (title, figure) in enumerate(figures)]
+    path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep report"
+                    "</title></head><body style='font-family:sans-serif'>"
+                    + "".join(parts) + "</body></html>", "utf-8")
+    return path
 
 
 def _seeded() -> Any:

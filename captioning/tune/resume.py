@@ -184,8 +184,8 @@ class CheckpointKeeper(tune.Callback):
 
     CHECK_EVERY_S = 5.0
 
-    def __init__(self, sweep_dir: str):
-        self.sweep_dir = sweep_dir
+    def __init__(self, sweep_dir: str, delete: bool = True):
+        self.sweep_dir, self.delete = sweep_dir, delete
         self._reset()
 
     def _reset(self) -> None:
@@ -199,10 +199,10 @@ class CheckpointKeeper(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into tuner.pkl at the start. A resumed sweep starts with an empty list: what
         # an earlier session registered and did not delete goes at the end (keep_only_latest).
-        return {"sweep_dir": self.sweep_dir}
+        return {"sweep_dir": self.sweep_dir, "delete": self.delete}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.sweep_dir = state["sweep_dir"]
+        self.sweep_dir, self.delete = state["sweep_dir"], state.get("delete", True)
         self._reset()
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -239,7 +239,7 @@ class CheckpointKeeper(tune.Callback):
 
     def _delete_older(self, kept_iteration: int) -> None:
         durable = [n for n in self._snapshots if n <= kept_iteration]
-        if not durable:
+        if not durable or not self.delete:
             return
         newest = max(durable)
         pointed = self._snapshots[newest]

@@ -149,11 +149,21 @@ def _meets(drawn: Any, wanted: Any) -> bool:
     return drawn in wanted if isinstance(wanted, list) else drawn == wanted
 
 
+# The value of a key a trial did not draw (its `when` did not hold), where Ray needs every
+# trial to name every key: PBT's population (tune/strategy.py).
+NOT_DRAWN = "<not drawn>"
+
+
+def drawn_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as Ray holds it -> the keys it drew and their values."""
+    return {key: value for key, value in config.items() if value != NOT_DRAWN}
+
+
 def apply(base: dict[str, Any], drawn: dict[str, Any], source: str = "trial"
           ) -> ExperimentConfig:
     """The experiment config of one trial: the base experiment with the drawn values set."""
     data = apply_overrides(base, [])
-    for key, value in drawn.items():
+    for key, value in drawn_values(drawn).items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:

@@ -20,14 +20,34 @@ Schedulers (Ray Tune's; each takes one metric, the first objective, sweep.metric
     hyperband  synchronous HyperBand: brackets of trials, the poor ones stopped at each
                halving; trials wait, paused, for their bracket (resumed from checkpoints)
     fifo       no early stopping: every trial runs all its epochs
+    pbt        Population Based Training: every sweep.pbt.interval epochs a trial in the
+               bottom quantile continues from a top trial's checkpoint with that trial's
+               hyperparameters, perturbed (config/sweep.py PERTURBABLE: learning rate,
+               smoothing, batch size, dropout, those the space draws), within the space's
+               bounds; Optuna's random sampler draws the first population up front (Ray
+               runs PBT with no searcher: BasicVariantGenerator gives the draws). PB2 is not
+               offered: it needs GPy, and its bandit takes continuous bounds only, while
+               these spaces mix in choices.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+from ray import tune
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    PopulationBasedTraining,
+)
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
+
+from captioning.config.sweep import PERTURBABLE
+from captioning.errors import ConfigError
+from captioning.tune.search_space import NOT_DRAWN
 
 
 def sampler(sweep: Any, seed: int) -> Any:
@@ -41,8 +61,37 @@ def sampler(sweep: Any, seed: int) -> Any:
     return TPESampler(seed=seed, n_startup_trials=sweep.startup_trials)
 
 
-def searcher(sweep: Any, seed: int, define_by_run: Any) -> OptunaSearch:
-    """Ray's OptunaSearch over the space, with the metric and mode of every objective."""
+def population(sweep: Any, seed: int, define_by_run: Any) -> list[dict[str, Any]]:
+    """PBT's first population: sweep.num_samples draws of the space by Optuna's seeded random
+    sampler (define-by-run, so a `when` key is drawn only where it applies)."""
+    import optuna
+
+    study = optuna.create_study(sampler=sampler(sweep, seed))
+    draws = []
+    for _ in range(sweep.num_samples):
+        trial = study.ask()
+        define_by_run(trial)
+        draws.append(dict(trial.params))
+    return draws
+
+
+def param_space(sweep: Any, space: Any) -> dict[str, Any]:
+    """The Tuner's param_space: none (Optuna draws define-by-run), but for PBT every key of the
+    space, at NOT_DRAWN where a trial of the population did not draw it (Ray sets each
+    population's draw on these keys, and needs them all named)."""
+    if sweep.scheduler != "pbt":
+        return {}
+    return dict.fromkeys(space.params, NOT_DRAWN)
+
+
+def searcher(sweep: Any, seed: int, define_by_run: Any) -> Any:
+    """Ray's OptunaSearch over the space, with the metric and mode of every objective. For
+    PBT, which Ray runs with no searcher of its own: Ray's BasicVariantGenerator over the
+    population drawn up front (`population`)."""
+    if sweep.scheduler == "pbt":
+        return BasicVariantGenerator(
+            points_to_evaluate=population(sweep, seed, define_by_run),
+            max_concurrent=sweep.max_concurrent_trials)
     objectives = sweep.objectives
     return OptunaSearch(space=define_by_run,
                         metric=list(objectives) if objectives else sweep.metric,
@@ -50,8 +99,60 @@ def searcher(sweep: Any, seed: int, define_by_run: Any) -> OptunaSearch:
                         sampler=sampler(sweep, seed))
 
 
-def scheduler(sweep: Any, max_t: int) -> Any:
-    """The Ray Tune scheduler of sweep.scheduler, over at most `max_t` epochs a trial."""
+def perturbed_keys(space: Any) -> dict[str, Any]:
+    """The keys PBT perturbs: those of PERTURBABLE the space draws for every trial."""
+    return {key: space.params[key] for key in PERTURBABLE
+            if key in space.params and space.params[key].when is None}
+
+
+def _mutation(param: Any) -> Any:
+    """A space's distribution as PBT's hyperparam_mutations takes it."""
+    if param.choice is not None:
+        return list(param.choice)
+    if param.loguniform is not None:
+        return tune.loguniform(*param.loguniform)
+    if param.uniform is not None:
+        return tune.uniform(*param.uniform)
+    low, high = param.integer
+    return tune.qrandint(low, high, param.step or 1)
+
+
+def _within_bounds(params: dict[str, Any]) -> Any:
+    """PBT's explore step, after its own: a value it multiplied past the space's bounds is put
+    back on the nearest bound (an integer on the nearest step), so every trial stays a draw of
+    the space and a valid config."""
+
+    def explore(config: dict[str, Any]) -> dict[str, Any]:
+        for key, param in params.items():
+            bounds = param.uniform or param.loguniform or param.integer
+            if bounds is None or key not in config:
+                continue
+            value = min(max(config[key], bounds[0]), bounds[1])
+            if param.integer is not None:
+                step = param.step or 1
+                value = bounds[0] + step * math.floor((value - bounds[0]) / step + 0.5)
+                value = int(min(value, bounds[1]))
+            config[key] = value
+        return config
+
+    return explore
+
+
+def scheduler(sweep: Any, max_t: int, space: Any = None) -> Any:
+    """The Ray Tune scheduler of sweep.scheduler, over at most `max_t` epochs a trial (PBT
+    perturbs the keys `space` draws)."""
+    if sweep.scheduler == "pbt":
+        params = perturbed_keys(space)
+        if not params:
+            raise ConfigError(f"sweep.scheduler: pbt perturbs {', '.join(PERTURBABLE)}, and the "
+                              f"search space {space.source} draws none of them for every "
+                              "trial; add one, or choose another scheduler")
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=sweep.pbt.interval,
+            hyperparam_mutations={key: _mutation(param) for key, param in params.items()},
+            quantile_fraction=sweep.pbt.quantile,
+            resample_probability=sweep.pbt.resample_probability,
+            custom_explore_fn=_within_bounds(params), synch=sweep.pbt.synch)
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     if sweep.scheduler == "hyperband":
@@ -62,7 +163,7 @@ def scheduler(sweep: Any, max_t: int) -> Any:
                          time_attr="training_iteration")
 
 
-def describe(sweep: Any, seed: int, max_t: int) -> dict[str, str]:
+def describe(sweep: Any, seed: int, max_t: int, space: Any = None) -> dict[str, str]:
     """The sampler and scheduler as the sweep's parent run records them."""
     samplers = {"tpe": f"optuna TPESampler(seed={seed}, n_startup_trials="
                        f"{sweep.startup_trials})",
@@ -73,4 +174,10 @@ def describe(sweep: Any, seed: int, max_t: int) -> dict[str, str]:
                   "hyperband": f"HyperBand(max_t={max_t}, reduction_factor="
                                f"{sweep.reduction_factor})",
                   "fifo": "FIFO (no early stopping)"}
+    if sweep.scheduler == "pbt":
+        keys = ", ".join(perturbed_keys(space)) if space is not None else "?"
+        schedulers["pbt"] = (f"PBT(interval={sweep.pbt.interval} epochs, quantile="
+                             f"{sweep.pbt.quantile}, resample_probability="
+                             f"{sweep.pbt.resample_probability}, synch={sweep.pbt.synch}, "
+                             f"perturbs {keys})")
     return {"sampler": samplers[sweep.searcher], "scheduler": schedulers[sweep.scheduler]}

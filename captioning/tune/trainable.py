@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def trial_name(drawn: dict[str, Any]) -> str:
     """A name a person can tell trials apart by in the MLflow UI."""
+    drawn = spaces.drawn_values(drawn)
     parts = []
     if "model.decoder" in drawn:
         parts.append(str(drawn["model.decoder"]))
@@ -56,6 +58,18 @@ def trial_storage(base: dict[str, Any], trial_id: str) -> str:
     return f"{base['sweep']['storage_path']}/{base['name']}/{TRIAL_DIR.format(trial_id)}"
 
 
+def cloned_from(restored: Any, trial_id: str) -> str | None:
+    """The id of the trial whose checkpoint `restored` is, when it is not trial `trial_id`'s
+    own (Population Based Training exploiting another trial), else None."""
+    if restored is None:
+        return None
+    folder = posixpath.basename(posixpath.dirname(restored.path.rstrip("/")))
+    if folder == TRIAL_DIR.format(trial_id):
+        return None
+    prefix = TRIAL_DIR.format("")
+    return folder[len(prefix):] if folder.startswith(prefix) else folder
+
+
 def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     """The Ray Tune trainable: one trial = `train_captioner` on the base experiment + `drawn`.
 
@@ -74,7 +88,10 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     restored = tune.get_checkpoint()  # what the sweep's saved state points at, or None
     known = epochs_in(restored.filesystem, restored.path) if restored else 0
     filesystem, trial_dir = storage(trial_storage(base, context.get_trial_id()))
-    newer = newest_whole(filesystem, trial_dir, after=known)
+    # Population Based Training restarts a trial from another trial's checkpoint, with that
+    # trial's hyperparameters perturbed: continue from it, not from one of this trial's own.
+    cloned = cloned_from(restored, context.get_trial_id())
+    newer = None if cloned else newest_whole(filesystem, trial_dir, after=known)
     source = tune.Checkpoint(newer.path, filesystem) if newer else restored
     history: list[dict[str, float]] = []
     if source is not None:
@@ -90,9 +107,16 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     # it counts feature extractions (the goal: one per encoder).
     extracted = [int(prepared.features.extracted)]
 
+    if cloned:
+        log.info("PBT: continuing from trial %s after epoch %d, with %s", cloned, known,
+                 ", ".join(f"{key}={value}" for key, value in
+                           spaces.drawn_values(drawn).items()))
+    # The first report after a clone says so (the MLflow run records it, tune/mlflow_callback).
+    clone = [{"pbt_cloned_from": cloned, "pbt_cloned_epoch": known}] if cloned else []
+
     def report(epoch: int, metrics: dict[str, float], path: Path | None) -> None:
         flag = extracted.pop() if extracted else 0
-        tune.report({**metrics, "features_extracted": flag},
+        tune.report({**metrics, "features_extracted": flag, **(clone.pop() if clone else {})},
                     checkpoint=tune.Checkpoint.from_directory(str(path)) if path else None)
 
     for metrics in history[known:]:  # trained and on storage, but not in the sweep's state

@@ -337,7 +337,8 @@ def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_w
     client = MlflowClient(mlflow_server)
     listed = sorted(f.path for f in client.list_artifacts(result.parent_run_id, "report"))
     assert listed == [f"report/{name}" for name in (
-        "history.png", "importances.png", "parallel_coordinates.png", "report.md")]
+        "history.png", "importances.png", "parallel_coordinates.png", "report.html",
+        "report.md")]
     assert result.report[0] == f"sweep run {result.parent_run_id}: 3 finished trial(s) " \
         "ranked by val_cider"
     from captioning.cli import main
@@ -356,5 +357,72 @@ def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_w
                key=lambda run: max(m.value for m in client.get_metric_history(
                    run.info.run_id, "val_cider")))
     assert md.splitlines()[0] == "# Sweep report: 3 finished trials, ranked by val_cider (max)"
+    html = Path(client.download_artifacts(result.parent_run_id, "report/report.html",
+                                          str(tmp_path / "got"))).read_text()
+    # Self-contained (plotly.js inside, once), the three figures, each trial a point.
+    assert html.count("<h2>") == 3 and "Parameter importances" in html
+    assert "<script src=" not in html and html.count("Plotly.newPlot") == 3
     top = md.split("## Top 3 trials")[1].splitlines()[4]  # the first row under the header
     assert top.startswith(f"| {best.info.run_name} |")
+
+
+def test_a_pbt_sweep_continues_bottom_trials_from_top_ones_and_their_runs_record_each_change(
+        sample_root, tmp_path, mlflow_server, local_ray):
+    from captioning.tracking.runs import CLONES_TAG, TRIAL_TAG
+    from captioning.tune.trainable import trial_name
+
+    space = tmp_path / "space.yaml"
+    space.write_text("model.lstm_units:\n  choice: [16, 32]\n"
+                     "train.learning_rate:\n  loguniform: [1.0e-3, 1.0e-2]\n"
+                     "model.dropout:\n  uniform: [0.1, 0.5]\n")
+    # Synchronous PBT: at every epoch all four trials have reported before the bottom one
+    # continues from a top one, so a clone happens whatever the timing.
+    config = experiment(sample_root, tmp_path, mlflow_server, "pbt",
+                        f"sweep.search_space={space}", "train.epochs=3", "train.patience=4",
+                        "train.score_images=10", "encoder.image_size=75",
+                        "sweep.scheduler=pbt", "sweep.pbt.interval=1", "sweep.pbt.synch=true")
+    assert config.sweep.searcher == "random"  # PBT's own default
+    result = run_sweep(config, num_samples=4, say=lambda _: None)
+    assert result.trials == 4 and result.errors == 0
+    client = MlflowClient(mlflow_server)
+    params = client.get_run(result.parent_run_id).data.params
+    assert params["sampler"] == "optuna RandomSampler(seed=0)"
+    assert params["scheduler"].startswith("PBT(interval=1 epochs, quantile=0.25")
+    assert params["scheduler"].endswith("perturbs train.learning_rate, model.dropout)")
+
+    runs = trial_runs(mlflow_server, "pbt", result.parent_run_id)
+    trial_ids = {run.data.tags[TRIAL_TAG] for run in runs}
+    cloned = [run for run in runs if CLONES_TAG in run.data.tags]
+    assert cloned, "no trial continued from another"
+    for run in runs:  # every epoch once, with the values it trained with
+        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                            key)}
+                   for key in ("loss", "learning_rate", "pbt/train.learning_rate",
+                               "pbt/model.dropout")}
+        assert sorted(history["loss"]) == [1, 2, 3]
+        assert sorted(history["pbt/train.learning_rate"]) == [1, 2, 3]
+        # The optimizer's own rate (a constant schedule) is the trial's, clones included.
+        assert history["learning_rate"] == pytest.approx(history["pbt/train.learning_rate"])
+        assert all(1e-3 <= rate <= 1e-2 for rate in history["pbt/train.learning_rate"].values())
+        assert all(0.1 <= rate <= 0.5 for rate in history["pbt/model.dropout"].values())
+        if run not in cloned:
+            continue
+        for clone in json.loads(run.data.tags[CLONES_TAG]):
+            assert clone["from_trial"] in trial_ids - {run.data.tags[TRIAL_TAG]}
+            assert clone["epoch"] in (1, 2)
+            after = clone["epoch"] + 1  # the first epoch trained with the clone's values
+            assert history["pbt/train.learning_rate"][after] == \
+                pytest.approx(clone["draw"]["train.learning_rate"])
+            assert history["pbt/model.dropout"][after] == \
+                pytest.approx(clone["draw"]["model.dropout"])
+        # Named after the draw it ended with (its params stay its first draw).
+        last = json.loads(run.data.tags[CLONES_TAG])[-1]["draw"]
+        assert run.info.run_name == trial_name(last)
+        # The model the trial ends with says what it ended with.
+        trial_dir = Path(result.sweep_dir) / f"trial_{run.data.tags[TRIAL_TAG]}"
+        (checkpoint,) = trial_dir.glob("checkpoint_*")
+        ended = json.loads((checkpoint / "config.json").read_text())
+        assert ended["model"]["lstm_units"] == last["model.lstm_units"]
+        assert ended["train"]["learning_rate"] == \
+            pytest.approx(history["pbt/train.learning_rate"][3])
+        assert ended["model"]["dropout"] == pytest.approx(history["pbt/model.dropout"][3])

@@ -53,3 +53,53 @@ def test_each_scheduler_is_ray_tunes_own_and_the_parent_run_says_which(name, kin
     assert described["sampler"] == "optuna RandomSampler(seed=3)"
     assert described["scheduler"].startswith({"asha": "ASHA(max_t=6", "fifo": "FIFO",
                                               "hyperband": "HyperBand(max_t=6"}[name])
+
+
+PBT_SPACE = """model.decoder: {choice: [merge, attention]}
+train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+train.batch_size: {int: [32, 128], step: 32}
+model.dropout: {uniform: [0.1, 0.5], when: {model.decoder: merge}}
+model.attention.units: {int: [16, 64], when: {model.decoder: attention}}
+"""
+
+
+def test_pbt_perturbs_the_spaces_unconditional_training_keys_within_their_bounds(tmp_path):
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    path = tmp_path / "space.yaml"
+    path.write_text(PBT_SPACE)
+    space = load_search_space(path, parse_config({}))
+    sweep = SweepConfig(scheduler="pbt", num_samples=6, pbt={"interval": 3})
+    assert sweep.searcher == "random"
+    pbt = strategy.scheduler(sweep, max_t=6, space=space)
+    assert type(pbt) is PopulationBasedTraining
+    # The architecture, and keys only some trials draw, are never perturbed.
+    assert list(strategy.perturbed_keys(space)) == ["train.learning_rate", "train.batch_size"]
+    explore = pbt._custom_explore_fn
+    assert explore({"train.learning_rate": 0.05, "train.batch_size": 157}) == \
+        {"train.learning_rate": 1e-2, "train.batch_size": 128}
+    assert explore({"train.learning_rate": 1e-5, "train.batch_size": 47}) == \
+        {"train.learning_rate": 1e-4, "train.batch_size": 32}
+    assert strategy.describe(sweep, seed=0, max_t=6, space=space)["scheduler"] == (
+        "PBT(interval=3 epochs, quantile=0.25, resample_probability=0.25, synch=False, "
+        "perturbs train.learning_rate, train.batch_size)")
+    # The first population: seeded random draws, a conditional key only where it applies,
+    # every other key of the space named as not drawn (Ray needs them all).
+    population = strategy.population(sweep, 0, space.define_by_run)
+    assert population == strategy.population(sweep, 0, space.define_by_run)
+    assert len(population) == 6
+    for draw in population:
+        assert ("model.attention.units" in draw) == (draw["model.decoder"] == "attention")
+    assert strategy.param_space(sweep, space) == dict.fromkeys(space.params, "<not drawn>")
+
+
+def test_pbt_with_a_modelling_searcher_or_a_space_it_cannot_perturb_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="sweep.searcher: tpe models each trial's score as "
+                                          "that of its first draw, which PBT changes"):
+        parse_config({"sweep": {"scheduler": "pbt", "searcher": "tpe"}})
+    path = tmp_path / "space.yaml"
+    path.write_text("model.lstm_units: {choice: [16, 32]}\n")
+    space = load_search_space(path, parse_config({}))
+    with pytest.raises(ConfigError, match="sweep.scheduler: pbt perturbs train.learning_rate, "
+                                          ".* draws none of them"):
+        strategy.scheduler(SweepConfig(scheduler="pbt"), max_t=4, space=space)
