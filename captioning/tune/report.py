@@ -184,7 +184,8 @@ def _figures(study: Any, folder: Path, metric: str, weights: dict[str, float]
 def _interactive(study: Any, path: Path, metric: str, weights: dict[str, float]) -> Path:
     """The same three figures by Optuna's plotly code, interactive (hover a point for its
     trial and values), in one self-contained HTML file: plotly.js inside it once, so it
-    shows in MLflow's artifact viewer with no network."""
+    opens in a browser with no network (MLflow 3.17's inline viewer showed its headings but
+    not its plots in headless Chromium: download it from there; the PNGs show inline)."""
     from optuna import visualization as plots
 
     figures = [("Optimisation history", plots.plot_optimization_history(
