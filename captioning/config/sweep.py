@@ -15,10 +15,13 @@ from captioning.evaluation.metrics import Mode, ObjectiveMetric, RankingMetric, 
 
 # Named here, built in tune/strategy.py (which imports Ray; the config must not).
 SEARCHERS = ("tpe", "random", "nsga2")
-SCHEDULERS = ("asha", "hyperband", "fifo", "pbt")
+SCHEDULERS = ("asha", "hyperband", "fifo", "pbt", "pb2")
+# Population Based Training and its bandit variant: they change a running trial's draw.
+POPULATION_SCHEDULERS = ("pbt", "pb2")
 # What Population Based Training may change in a running trial: keys that leave the model's
 # architecture as it is (training/perturb.py applies them to a trial it continues). PBT
-# perturbs those of them the search space draws without a `when` condition.
+# perturbs those of them the search space draws without a `when` condition; PB2 those of
+# them with numeric bounds (not a `choice`).
 PERTURBABLE = ("train.learning_rate", "train.label_smoothing", "train.batch_size",
                "model.dropout")
 MODELLING_SEARCHERS = ("tpe", "nsga2")
@@ -39,7 +42,10 @@ class ResourcesConfig(Section):
 
 
 class PbtConfig(Section):
-    """Population Based Training (sweep.scheduler: pbt), Ray Tune's PopulationBasedTraining."""
+    """Population Based Training (sweep.scheduler: pbt, Ray Tune's PopulationBasedTraining)
+    and Population Based Bandits (pb2, Ray Tune's PB2: the new values are chosen by a
+    Gaussian-process bandit within the bounds, not by perturbing; resample_probability is
+    PBT's only)."""
     # Every `interval` epochs, a trial in the bottom `quantile` continues from the checkpoint
     # of one in the top quantile, with its hyperparameters perturbed (times 0.8 or 1.2, or a
     # neighbouring choice; redrawn from the space with `resample_probability`), kept inside
@@ -73,7 +79,8 @@ class SweepConfig(Section):
     searcher: str = "tpe"
     # Ray Tune's scheduler: asha (stops poor trials at each rung), hyperband (synchronous
     # brackets; trials pause for theirs), fifo (no early stopping) or pbt (Population Based
-    # Training, sweep.pbt; its searcher is random). One metric: sweep.metric.
+    # Training, sweep.pbt; its searcher is random) or pb2 (PBT whose new values a bandit
+    # chooses). One metric: sweep.metric.
     scheduler: str = "asha"
     pbt: PbtConfig = PbtConfig()
     # ASHA: every trial runs grace_period epochs; then only the best 1/reduction_factor go on,
@@ -91,7 +98,8 @@ class SweepConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _pbt_draws_at_random(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("scheduler") == "pbt" and "searcher" not in data:
+        if isinstance(data, dict) and data.get("scheduler") in POPULATION_SCHEDULERS \
+                and "searcher" not in data:
             data = {**data, "searcher": "random"}
         return data
 
@@ -124,12 +132,13 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _pbt_fits(self) -> SweepConfig:
-        if self.scheduler != "pbt":
+        if self.scheduler not in POPULATION_SCHEDULERS:
             return self
         if self.searcher in MODELLING_SEARCHERS:
             raise KeyProblem("searcher", f"{self.searcher} models each trial's score as that of "
-                             "its first draw, which PBT changes as the trial goes on; with "
-                             "scheduler pbt, use searcher random (the default for pbt)")
+                             f"its first draw, which {self.scheduler.upper()} changes as the "
+                             f"trial goes on; with scheduler {self.scheduler}, use searcher "
+                             f"random (the default for {self.scheduler})")
         return self
 
     @model_validator(mode="after")

@@ -106,7 +106,7 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     config = _sweep_settings(config, smoke_test, num_samples)
     space_path = Path(search_space or config.sweep.search_space)
     space = spaces.load_search_space(space_path, config)
-    if config.sweep.scheduler == "pbt":
+    if strategy.population_based(config.sweep):
         strategy.scheduler(config.sweep, 1, space)  # refuses a space it cannot perturb
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
@@ -142,10 +142,10 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     else:
         tuner = _new_tuner(function, config, space, storage_path, [
             MlflowTrials(uri, config.name, tracker.parent_run_id, base, dataset_input(dataset),
-                         tuple(strategy.perturbed_keys(space))
-                         if config.sweep.scheduler == "pbt" else ()),
+                         tuple(strategy.perturbed_keys(space, config.sweep.scheduler))
+                         if strategy.population_based(config.sweep) else ()),
             # PBT may clone any trial's earlier checkpoint: none is deleted until the end.
-            CheckpointKeeper(sweep_dir, delete=config.sweep.scheduler != "pbt"),
+            CheckpointKeeper(sweep_dir, delete=not strategy.population_based(config.sweep)),
             *(callbacks or [])])
     results = _fit(tuner, tracker)
     # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
@@ -296,7 +296,7 @@ def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpac
             metric=config.sweep.metric, mode=config.sweep.mode, search_alg=searcher,
             scheduler=scheduler, num_samples=config.sweep.num_samples,
             # PBT's generator limits the trials at once itself (strategy.searcher).
-            max_concurrent_trials=(None if config.sweep.scheduler == "pbt"
+            max_concurrent_trials=(None if strategy.population_based(config.sweep)
                                    else config.sweep.max_concurrent_trials),
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
@@ -304,7 +304,7 @@ def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpac
             # A trial's last epoch ends it before PBT sees it: none is cloned with nothing
             # left to train.
             stop=({"training_iteration": _most_epochs(config, space)}
-                  if config.sweep.scheduler == "pbt" else None),
+                  if strategy.population_based(config.sweep) else None),
             failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
             # Ray deletes no checkpoint: CheckpointKeeper does, once it is safe.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))

@@ -25,9 +25,12 @@ Schedulers (Ray Tune's; each takes one metric, the first objective, sweep.metric
                hyperparameters, perturbed (config/sweep.py PERTURBABLE: learning rate,
                smoothing, batch size, dropout, those the space draws), within the space's
                bounds; Optuna's random sampler draws the first population up front (Ray
-               runs PBT with no searcher: BasicVariantGenerator gives the draws). PB2 is not
-               offered: it needs GPy, and its bandit takes continuous bounds only, while
-               these spaces mix in choices.
+               runs PBT with no searcher: BasicVariantGenerator gives the draws)
+    pb2        Population Based Bandits: PBT whose new values a Gaussian-process bandit
+               chooses within the bounds, from how much each trial's metric rose at its
+               values; so only the keys of PERTURBABLE with numeric bounds (uniform,
+               loguniform, integer; not a choice). Its bandit sees each bound on a linear
+               scale, a loguniform one too. Needs scikit-learn (an MLflow dependency).
 """
 
 from __future__ import annotations
@@ -42,12 +45,18 @@ from ray.tune.schedulers import (
     HyperBandScheduler,
     PopulationBasedTraining,
 )
+from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from captioning.config.sweep import PERTURBABLE
+from captioning.config.sweep import PERTURBABLE, POPULATION_SCHEDULERS
 from captioning.errors import ConfigError
 from captioning.tune.search_space import NOT_DRAWN
+
+
+def population_based(sweep: Any) -> bool:
+    """Whether sweep.scheduler changes a running trial's draw (PBT, PB2)."""
+    return sweep.scheduler in POPULATION_SCHEDULERS
 
 
 def sampler(sweep: Any, seed: int) -> Any:
@@ -79,7 +88,7 @@ def param_space(sweep: Any, space: Any) -> dict[str, Any]:
     """The Tuner's param_space: none (Optuna draws define-by-run), but for PBT every key of the
     space, at NOT_DRAWN where a trial of the population did not draw it (Ray sets each
     population's draw on these keys, and needs them all named)."""
-    if sweep.scheduler != "pbt":
+    if not population_based(sweep):
         return {}
     return dict.fromkeys(space.params, NOT_DRAWN)
 
@@ -88,7 +97,7 @@ def searcher(sweep: Any, seed: int, define_by_run: Any) -> Any:
     """Ray's OptunaSearch over the space, with the metric and mode of every objective. For
     PBT, which Ray runs with no searcher of its own: Ray's BasicVariantGenerator over the
     population drawn up front (`population`)."""
-    if sweep.scheduler == "pbt":
+    if population_based(sweep):
         return BasicVariantGenerator(
             points_to_evaluate=population(sweep, seed, define_by_run),
             max_concurrent=sweep.max_concurrent_trials)
@@ -99,10 +108,17 @@ def searcher(sweep: Any, seed: int, define_by_run: Any) -> Any:
                         sampler=sampler(sweep, seed))
 
 
-def perturbed_keys(space: Any) -> dict[str, Any]:
-    """The keys PBT perturbs: those of PERTURBABLE the space draws for every trial."""
+def perturbed_keys(space: Any, scheduler: str = "pbt") -> dict[str, Any]:
+    """The keys PBT perturbs: those of PERTURBABLE the space draws for every trial (for PB2,
+    only those with numeric bounds: its bandit takes a [low, high] per key)."""
     return {key: space.params[key] for key in PERTURBABLE
-            if key in space.params and space.params[key].when is None}
+            if key in space.params and space.params[key].when is None
+            and (scheduler != "pb2" or _bounds(space.params[key]) is not None)}
+
+
+def _bounds(param: Any) -> Any:
+    """A space's numeric [low, high], or None for a choice."""
+    return param.uniform or param.loguniform or param.integer
 
 
 def _mutation(param: Any) -> Any:
@@ -124,7 +140,7 @@ def _within_bounds(params: dict[str, Any]) -> Any:
 
     def explore(config: dict[str, Any]) -> dict[str, Any]:
         for key, param in params.items():
-            bounds = param.uniform or param.loguniform or param.integer
+            bounds = _bounds(param)
             if bounds is None or key not in config:
                 continue
             value = min(max(config[key], bounds[0]), bounds[1])
@@ -141,18 +157,25 @@ def _within_bounds(params: dict[str, Any]) -> Any:
 def scheduler(sweep: Any, max_t: int, space: Any = None) -> Any:
     """The Ray Tune scheduler of sweep.scheduler, over at most `max_t` epochs a trial (PBT
     perturbs the keys `space` draws)."""
-    if sweep.scheduler == "pbt":
-        params = perturbed_keys(space)
+    if population_based(sweep):
+        params = perturbed_keys(space, sweep.scheduler)
         if not params:
-            raise ConfigError(f"sweep.scheduler: pbt perturbs {', '.join(PERTURBABLE)}, and the "
-                              f"search space {space.source} draws none of them for every "
-                              "trial; add one, or choose another scheduler")
+            which = " with bounds (its bandit takes no choice)" if sweep.scheduler == "pb2" \
+                else ""
+            raise ConfigError(f"sweep.scheduler: {sweep.scheduler} perturbs "
+                              f"{', '.join(PERTURBABLE)}, and the search space {space.source} "
+                              f"draws none of them{which} for every trial; add one, or choose "
+                              "another scheduler")
+        shared = {"time_attr": "training_iteration",
+                  "perturbation_interval": sweep.pbt.interval,
+                  "quantile_fraction": sweep.pbt.quantile, "synch": sweep.pbt.synch,
+                  "custom_explore_fn": _within_bounds(params)}
+        if sweep.scheduler == "pb2":
+            return PB2(hyperparam_bounds={key: list(_bounds(param))
+                                          for key, param in params.items()}, **shared)
         return PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=sweep.pbt.interval,
             hyperparam_mutations={key: _mutation(param) for key, param in params.items()},
-            quantile_fraction=sweep.pbt.quantile,
-            resample_probability=sweep.pbt.resample_probability,
-            custom_explore_fn=_within_bounds(params), synch=sweep.pbt.synch)
+            resample_probability=sweep.pbt.resample_probability, **shared)
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     if sweep.scheduler == "hyperband":
@@ -174,10 +197,11 @@ def describe(sweep: Any, seed: int, max_t: int, space: Any = None) -> dict[str, 
                   "hyperband": f"HyperBand(max_t={max_t}, reduction_factor="
                                f"{sweep.reduction_factor})",
                   "fifo": "FIFO (no early stopping)"}
-    if sweep.scheduler == "pbt":
-        keys = ", ".join(perturbed_keys(space)) if space is not None else "?"
-        schedulers["pbt"] = (f"PBT(interval={sweep.pbt.interval} epochs, quantile="
-                             f"{sweep.pbt.quantile}, resample_probability="
-                             f"{sweep.pbt.resample_probability}, synch={sweep.pbt.synch}, "
-                             f"perturbs {keys})")
+    if population_based(sweep):
+        keys = ", ".join(perturbed_keys(space, sweep.scheduler)) if space is not None else "?"
+        chosen = (f"resample_probability={sweep.pbt.resample_probability}, "
+                  if sweep.scheduler == "pbt" else "")
+        schedulers[sweep.scheduler] = (
+            f"{sweep.scheduler.upper()}(interval={sweep.pbt.interval} epochs, quantile="
+            f"{sweep.pbt.quantile}, {chosen}synch={sweep.pbt.synch}, perturbs {keys})")
     return {"sampler": samplers[sweep.searcher], "scheduler": schedulers[sweep.scheduler]}

@@ -366,8 +366,10 @@ def test_a_sweep_runs_with_each_searcher_and_scheduler_and_its_parent_run_says_w
     assert top.startswith(f"| {best.info.run_name} |")
 
 
+# PB2 is PBT whose new values a bandit chooses: the same clones, recorded the same way.
+@pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
 def test_a_pbt_sweep_continues_bottom_trials_from_top_ones_and_their_runs_record_each_change(
-        sample_root, tmp_path, mlflow_server, local_ray):
+        sample_root, tmp_path, mlflow_server, local_ray, scheduler):
     from captioning.tracking.runs import CLONES_TAG, TRIAL_TAG
     from captioning.tune.trainable import trial_name
 
@@ -377,20 +379,22 @@ def test_a_pbt_sweep_continues_bottom_trials_from_top_ones_and_their_runs_record
                      "model.dropout:\n  uniform: [0.1, 0.5]\n")
     # Synchronous PBT: at every epoch all four trials have reported before the bottom one
     # continues from a top one, so a clone happens whatever the timing.
-    config = experiment(sample_root, tmp_path, mlflow_server, "pbt",
+    config = experiment(sample_root, tmp_path, mlflow_server, scheduler,
                         f"sweep.search_space={space}", "train.epochs=3", "train.patience=4",
                         "train.score_images=10", "encoder.image_size=75",
-                        "sweep.scheduler=pbt", "sweep.pbt.interval=1", "sweep.pbt.synch=true")
+                        f"sweep.scheduler={scheduler}", "sweep.pbt.interval=1",
+                        "sweep.pbt.synch=true")
     assert config.sweep.searcher == "random"  # PBT's own default
     result = run_sweep(config, num_samples=4, say=lambda _: None)
     assert result.trials == 4 and result.errors == 0
     client = MlflowClient(mlflow_server)
     params = client.get_run(result.parent_run_id).data.params
     assert params["sampler"] == "optuna RandomSampler(seed=0)"
-    assert params["scheduler"].startswith("PBT(interval=1 epochs, quantile=0.25")
+    assert params["scheduler"].startswith(f"{scheduler.upper()}(interval=1 epochs, "
+                                          "quantile=0.25")
     assert params["scheduler"].endswith("perturbs train.learning_rate, model.dropout)")
 
-    runs = trial_runs(mlflow_server, "pbt", result.parent_run_id)
+    runs = trial_runs(mlflow_server, scheduler, result.parent_run_id)
     trial_ids = {run.data.tags[TRIAL_TAG] for run in runs}
     cloned = [run for run in runs if CLONES_TAG in run.data.tags]
     assert cloned, "no trial continued from another"

@@ -93,6 +93,37 @@ def test_pbt_perturbs_the_spaces_unconditional_training_keys_within_their_bounds
     assert strategy.param_space(sweep, space) == dict.fromkeys(space.params, "<not drawn>")
 
 
+def test_pb2_chooses_new_values_of_the_keys_with_bounds_and_keeps_them_within(tmp_path):
+    from ray.tune.schedulers.pb2 import PB2
+
+    path = tmp_path / "space.yaml"
+    path.write_text(PBT_SPACE + "train.label_smoothing: {uniform: [0.0, 0.2]}\n"
+                    "model.lstm_units: {choice: [16, 32]}\n")
+    space = load_search_space(path, parse_config({}))
+    sweep = SweepConfig(scheduler="pb2", pbt={"interval": 2, "synch": True})
+    assert sweep.searcher == "random"
+    pb2 = strategy.scheduler(sweep, max_t=6, space=space)
+    assert type(pb2) is PB2
+    # Numeric bounds only, as the space gives them; a conditional key is never perturbed.
+    assert pb2._hyperparam_bounds == {"train.learning_rate": [1e-4, 1e-2],
+                                      "train.label_smoothing": [0.0, 0.2],
+                                      "train.batch_size": [32, 128]}
+    assert pb2._custom_explore_fn({"train.batch_size": 70}) == {"train.batch_size": 64}
+    assert strategy.describe(sweep, seed=0, max_t=6, space=space)["scheduler"] == (
+        "PB2(interval=2 epochs, quantile=0.25, synch=True, perturbs train.learning_rate, "
+        "train.label_smoothing, train.batch_size)")
+    assert strategy.param_space(sweep, space) == dict.fromkeys(space.params, "<not drawn>")
+
+    path.write_text("train.batch_size: {choice: [32, 64]}\n")
+    choices = load_search_space(path, parse_config({}))
+    assert list(strategy.perturbed_keys(choices)) == ["train.batch_size"]  # PBT takes it
+    with pytest.raises(ConfigError, match="sweep.scheduler: pb2 perturbs .* draws none of them "
+                                          "with bounds \\(its bandit takes no choice\\)"):
+        strategy.scheduler(sweep, max_t=4, space=choices)
+    with pytest.raises(ConfigError, match="which PB2 changes as the trial goes on"):
+        parse_config({"sweep": {"scheduler": "pb2", "searcher": "nsga2"}})
+
+
 def test_pbt_with_a_modelling_searcher_or_a_space_it_cannot_perturb_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="sweep.searcher: tpe models each trial's score as "
                                           "that of its first draw, which PBT changes"):
