@@ -21,7 +21,8 @@ then scored on the test split, greedy and beam 3, beside the most frequent capti
 nearest-neighbour retrieval. The table says the trial-epochs and minutes each sweep used.
 
     .venv/bin/python benchmarks/sweep_quality.py --output sweep_quality.json
-    # about 40 minutes on 2 CPU cores; run from the repository root (data.root is relative)
+    # about 70 minutes on 2 CPU cores (three strategies, two seeds); run from the
+    # repository root (data.root is relative)
 """
 
 from __future__ import annotations
