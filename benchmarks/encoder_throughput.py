@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import machine_info, print_timing_notes  # noqa: E402
 
-from captioning.config.schema import EncoderConfig  # noqa: E402
+from captioning.config.encoder import EncoderConfig  # noqa: E402
 from captioning.data.sample import draw_sample_dataset  # noqa: E402
 from captioning.features.encoders import build_encoder  # noqa: E402
 from captioning.features.extract import encode_images, map_shape  # noqa: E402

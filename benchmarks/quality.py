@@ -50,12 +50,12 @@ import numpy as np  # noqa: E402
 from common import machine_info  # noqa: E402
 
 from captioning.config.loading import apply_overrides
+from captioning.config.metrics import SCORE_NAMES  # noqa: E402
 from captioning.config.schema import ExperimentConfig, parse_config  # noqa: E402
-from captioning.data.prepare import Prepared, prepare  # noqa: E402
-from captioning.evaluation.metrics import SCORE_NAMES  # noqa: E402
 from captioning.evaluation.scores import caption_scores, strip_markers
 from captioning.features.cache import image_inputs  # noqa: E402
 from captioning.inference.captioner import Captioner  # noqa: E402
+from captioning.training.prepare import Prepared, prepare  # noqa: E402
 from captioning.training.train import train_captioner  # noqa: E402
 
 

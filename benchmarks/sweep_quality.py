@@ -44,8 +44,8 @@ from quality import most_frequent, nearest_neighbour, references, scored, test_r
 
 from captioning.config.loading import apply_overrides, load_experiment  # noqa: E402
 from captioning.config.schema import ExperimentConfig, parse_config  # noqa: E402
-from captioning.data.prepare import prepare  # noqa: E402
 from captioning.tracking.model_registry import fetch, promote  # noqa: E402
+from captioning.training.prepare import prepare  # noqa: E402
 from captioning.training.train import train_captioner  # noqa: E402
 from captioning.tune.launcher import run_sweep  # noqa: E402
 

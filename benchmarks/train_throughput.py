@@ -160,9 +160,9 @@ class _Steps(keras.utils.PyDataset):
 
 def real_data(args: argparse.Namespace) -> int:
     from captioning.config.schema import parse_config
-    from captioning.data.prepare import prepare
     from captioning.models.build import precision
     from captioning.models.embeddings import load_vectors, spacy_embedding_matrix
+    from captioning.training.prepare import prepare
     from captioning.training.train import caption_split, model_inputs
 
     encoder = {"name": args.encoder, "weights": args.weights, "batch_size": 64}

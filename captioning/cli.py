@@ -39,9 +39,11 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from captioning.config.loading import load_experiment
-    from captioning.data.prepare import prepare
+    from captioning.features.encoders import check_encoder
+    from captioning.training.prepare import prepare
 
     config = load_experiment(args.experiment, args.overrides)
+    check_encoder(config.encoder)
     prepared = prepare(config, say=print)
     summary = prepared.summary()
     print(f"dataset {config.data.root} ({summary.pop('layout')} layout)")
@@ -71,10 +73,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     import keras
 
     from captioning.config.loading import load_experiment
+    from captioning.features.encoders import check_encoder
     from captioning.training.backend import training_backend
     from captioning.training.train import train_captioner
 
     config = load_experiment(args.experiment, args.overrides)
+    check_encoder(config.encoder)
     wanted = training_backend(config.train.backend,
                               config.train.epochs + config.train.scst.epochs)
     if wanted != keras.backend.backend() and args.own_process:
@@ -108,7 +112,7 @@ def _model_dir(model: str, tracking_uri: str | None) -> Iterator[Path]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from captioning.evaluation.evaluate import evaluate_model
+    from captioning.inference.evaluate import evaluate_model
 
     with _model_dir(args.model, args.tracking_uri) as model_dir:
         report = evaluate_model(model_dir, args.split, args.beam, args.data_root, args.output,

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from captioning.config.schema import NAMED_WEIGHTS, ExperimentConfig, parse_config
+from captioning.config.encoder import NAMED_WEIGHTS
+from captioning.config.schema import ExperimentConfig, parse_config
 from captioning.config.shipped import (
     DEFAULT_EXPERIMENT,
     builtin_dir,

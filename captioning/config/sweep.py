@@ -9,9 +9,9 @@ from typing import Annotated, Any, get_args
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from captioning.config.limits import MAX_TRIALS, TRIALS_WHY
+from captioning.config.metrics import Mode, ObjectiveMetric, RankingMetric, mode_of
 from captioning.config.section import KeyProblem, Section, at_most
 from captioning.config.shipped import builtin_path
-from captioning.evaluation.metrics import Mode, ObjectiveMetric, RankingMetric, mode_of
 
 # Named here, built in tune/strategy.py (which imports Ray; the config must not).
 SEARCHERS = ("tpe", "random", "nsga2")

@@ -1,2 +1,3 @@
-"""Judging captions: metric names and directions (metrics.py), the reference scorers
-(scores.py), scoring a model on a split (evaluate.py), figures (figures.py)."""
+"""Judging captions: the reference scorers (scores.py), the SCST reward (reward.py), and the
+figures of results every layer above draws (figures.py). Scoring a saved model on a split is
+inference/evaluate.py."""

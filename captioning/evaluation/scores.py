@@ -11,8 +11,8 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from captioning.config.metrics import SCORE_NAMES
 from captioning.data.vocabulary import END, START
-from captioning.evaluation.metrics import SCORE_NAMES
 
 
 def strip_markers(caption: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from filelock import FileLock
 
 from captioning.atomic import temp_name, write_whole
-from captioning.config.schema import EncoderConfig
+from captioning.config.encoder import EncoderConfig
 from captioning.errors import WriteError
 from captioning.features import hub
 from captioning.features.child import extract_on_tensorflow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.config.schema import EncoderConfig
+from captioning.config.encoder import EncoderConfig
 from captioning.errors import ConfigError
 from captioning.features.extract import extract
 from captioning.log import show_info_logs

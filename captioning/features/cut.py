@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from captioning.config.encoder import EncoderConfig
 from captioning.errors import ConfigError, first_line
-from captioning.features.encoders import EncoderSettings, build_encoder
+from captioning.features.encoders import build_encoder
 
 TAIL_NAME = "encoder_tail"
 
@@ -82,7 +83,7 @@ def _cut_layer(encoder: Any, end: Any, name: str) -> Any:
     return encoder.get_layer(name)
 
 
-def build_head(config: EncoderSettings) -> Any:
+def build_head(config: EncoderConfig) -> Any:
     """The part of the encoder of `config` run over images and cached: up to the cut when
     fine-tuning, up to encoder.grid_layer if set, else the whole encoder."""
     import keras
@@ -99,7 +100,7 @@ def build_head(config: EncoderSettings) -> Any:
     return keras.Model(encoder.input, cut.input, name=f"{encoder.name}_head")
 
 
-def build_tail(config: EncoderSettings) -> Any:
+def build_tail(config: EncoderConfig) -> Any:
     """The encoder's layers from encoder.fine_tune.from_layer to its feature map, rebuilt on
     an input of their own with the encoder's weights: (batch, h, w, c) at the cut -> the map."""
     import keras

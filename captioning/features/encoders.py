@@ -20,32 +20,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from captioning.config.encoder import PREPROCESS_MODES, EncoderConfig
 from captioning.errors import ConfigError, first_line
 from captioning.features import hub
 
 # Random ("none") weights are drawn from this seed, so every process builds the same encoder
 # and cached features stay valid for every trial of a sweep, whatever its own seed.
 RANDOM_WEIGHTS_SEED = 1234
-# keras.applications.imagenet_utils' modes, for encoder.preprocess of a model of one's own.
-PREPROCESS_MODES = ("tf", "torch", "caffe", "none")
 _FAMILY_WORDS = {"MobileNet": "mobilenet", "EfficientNet": "efficientnet",
                  "InceptionResNet": "inception_resnet", "ResNet": "resnet",
                  "ConvNeXt": "convnext", "DenseNet": "densenet", "NASNet": "nasnet",
                  "Inception": "inception", "Xception": "xception", "VGG": "vgg"}
-
-
-class EncoderSettings(Protocol):
-    """What an encoder is built from: the fields of config.schema.EncoderConfig read here
-    (named as a protocol, so that the config may import this module and not the reverse)."""
-
-    name: str
-    weights: str  # "imagenet", "none" or a weights file
-    alpha: float | None
-    model: Path | None
-    preprocess: str | None
-    image_size: int | None
 
 
 def snake_name(constructor: str) -> str:
@@ -135,11 +122,46 @@ def _sizes(constructor: str) -> tuple[int, int]:
     return 224, 32
 
 
+def check_encoder(config: EncoderConfig, source: str | None = None) -> None:
+    """What the config cannot know without Keras: that `name` is a keras.applications
+    constructor, that it takes `alpha`, that `image_size` is not below its smallest input, and
+    that a model of one's own names a built-in encoder's pixel scaling. Raises a one-line
+    ConfigError naming the key; build_encoder calls it, and so does every command before it
+    reads an image. `source` (an experiment or search-space file) begins the message."""
+    try:
+        _check_encoder(config)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}" if source else str(error)) from None
+
+
+def _check_encoder(config: EncoderConfig) -> None:
+    known = encoders()
+    if config.model is not None:
+        if config.preprocess not in PREPROCESS_MODES and config.preprocess not in known:
+            raise ConfigError(f"encoder.preprocess: {config.preprocess!r}: with encoder.model, "
+                              f"say how its pixels are scaled: one of "
+                              f"{', '.join(PREPROCESS_MODES)} or a built-in encoder's name")
+        return
+    if hub.is_hub(config.name):
+        return
+    if config.name not in known:
+        raise ConfigError(f"encoder.name: unknown encoder {config.name!r}; choose one of "
+                          f"{', '.join(known)}")
+    spec = known[config.name]
+    if config.alpha is not None and not spec.has_alpha:
+        takes = ", ".join(n for n, s in known.items() if s.has_alpha)
+        raise ConfigError(f"encoder.alpha: {config.name} has no width multiplier; only "
+                          f"{takes} take alpha")
+    if config.image_size is not None and config.image_size < spec.min_size:
+        raise ConfigError(f"encoder.image_size: {config.image_size} is below {config.name}'s "
+                          f"smallest input, {spec.min_size}")
+
+
 def spec_of(name: str) -> EncoderSpec:
     return encoders()[name]
 
 
-def input_size(config: EncoderSettings) -> int:
+def input_size(config: EncoderConfig) -> int:
     """The side of the square images the encoder of `config` reads."""
     if hub.is_hub(config.name) and config.model is None:
         return hub.image_size(hub.preset_of(config.name))
@@ -164,7 +186,7 @@ def _load_model(path: str) -> Any:
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
-def preprocessing(config: EncoderSettings) -> Callable[[Any], Any]:
+def preprocessing(config: EncoderConfig) -> Callable[[Any], Any]:
     """What turns uint8 RGB pixels into the encoder's input."""
     if config.model is None:
         if hub.is_hub(config.name):
@@ -192,7 +214,7 @@ def weights_argument(weights: str) -> str | None:
     return str(path)
 
 
-def build_encoder(config: EncoderSettings) -> Any:
+def build_encoder(config: EncoderConfig) -> Any:
     """A Keras model from (batch, size, size, 3) preprocessed images to its last feature map
     (batch, h, w, channels), or (batch, dim) for a model of one's own that pools itself.
 
@@ -204,6 +226,7 @@ def build_encoder(config: EncoderSettings) -> Any:
     """
     import keras
 
+    check_encoder(config)
     size = input_size(config)
     if config.model is not None:
         try:

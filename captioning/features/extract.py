@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioning.config.schema import EncoderConfig
+from captioning.config.encoder import EncoderConfig
 from captioning.data.images import ImageError, ImageSource, load_image
 from captioning.features import hub
 from captioning.features.cut import build_head

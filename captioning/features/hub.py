@@ -23,27 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from captioning.config.encoder import PREFIX, is_hub, is_local, preset_of
 from captioning.errors import ConfigError, first_line
 from captioning.jsonfile import read_json
 
-PREFIX = "hub:"
 # What a hub encoder's cached features are, bumped when that changes: 2, CLIP's and SigLIP's
 # pooled vector is their own (it was the tokens' mean).
 FEATURES_VERSION = 2
-
-
-def is_hub(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
-def preset_of(name: str) -> str:
-    """`hub:<preset>` -> the preset name or directory."""
-    return name[len(PREFIX):]
-
-
-def is_local(preset: str) -> bool:
-    """A preset given as a directory (a path), not a KerasHub preset name."""
-    return "/" in preset or preset.startswith((".", "~"))
 
 
 def label(name: str) -> str:
@@ -52,24 +38,6 @@ def label(name: str) -> str:
         return name
     preset = preset_of(name).rstrip("/")
     return "hub-" + re.sub(r"[^\w.-]+", "_", Path(preset).name if is_local(preset) else preset)
-
-
-def check_preset(name: str) -> str:
-    """The encoder name with a local preset directory made absolute (trials run in other
-    folders); raises ValueError saying what is wrong with the directory."""
-    preset = preset_of(name)
-    if not preset:
-        raise ValueError("hub: names no preset; give hub:<KerasHub preset> or "
-                         "hub:<preset directory>")
-    if not is_local(preset):
-        return name
-    path = Path(preset).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"{preset}: no such preset directory")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{preset}: not a KerasHub preset directory (no config.json; "
-                         "save one with backbone.save_to_preset)")
-    return PREFIX + str(path.resolve())
 
 
 def identity(name: str) -> object:

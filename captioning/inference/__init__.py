@@ -1,2 +1,3 @@
-"""Captioning images with a trained model directory (captioner.py): what `caption`, `evaluate`
-and the served MLflow model run; attention figures of captioned files (attention.py)."""
+"""A trained model directory at work: captioning images (captioner.py), what `caption` and the
+served MLflow model run; scoring it on a split of its dataset (evaluate.py, `evaluate`);
+attention figures of captioned files (attention.py)."""

@@ -18,26 +18,14 @@ runs the same layers once per word, and also returns alpha (where it looked).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers, ops
-from pydantic import Field, StrictFloat, StrictInt
 
-from captioning.config.section import Section, at_most
+from captioning.config.schema import READS_GRID
 from captioning.models.protocol import Arrays, FeatureStats, missing_layers, model_name
-
-
-class AttentionConfig(Section):
-    """Show, Attend and Tell's soft attention (model.decoder: attention); the LSTM is
-    model.lstm_units wide, the words model.embedding_dim (or the spaCy vectors')."""
-
-    # of the additive attention's hidden layer
-    units: Annotated[StrictInt, Field(ge=1), at_most(8192, "attention units")] = 256
-    # lambda of the doubly stochastic regularisation, sum_i (1 - sum_t alpha_ti)^2 per word:
-    # every position attended to about once over a caption. The paper's value: 1.
-    doubly_stochastic: StrictFloat = Field(1.0, ge=0.0)
 
 
 @keras.saving.register_keras_serializable(package="captioning")
@@ -168,7 +156,7 @@ class AttentionStepper:
 class Attention:
     name = "attention"
     attends = True  # its stepper says where it looked for each word
-    grid = True
+    grid = READS_GRID["attention"]
 
     @staticmethod
     def build(config: Any, vocab_size: int, stats: FeatureStats,

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from captioning.config.schema import READS_GRID
 from captioning.models.protocol import Arrays, FeatureStats, missing_layers, model_name
 
 
@@ -97,7 +98,7 @@ class MergeStepper:
 class Merge:
     name = "merge"
     attends = False  # one image vector: there is nowhere to look
-    grid = False
+    grid = READS_GRID["merge"]
 
     @staticmethod
     def build(config: Any, vocab_size: int, stats: FeatureStats,

@@ -1,5 +1,6 @@
 """Every caption decoder by name. A new decoder is a new file in this folder, its line in
-DECODERS below, and its settings section in config/schema.py's ModelConfig.
+DECODERS below, and its settings: a section class in config/ (as config/attention.py) that
+config/schema.py's ModelConfig composes, and its line in READS_GRID there.
 
     merge        the seed's merge model: pooled image vector + LSTM over the caption prefix
     attention    Show, Attend and Tell's soft attention over the feature map (Xu et al. 2015)

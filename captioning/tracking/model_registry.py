@@ -22,8 +22,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from captioning.config.metrics import mode_of
 from captioning.errors import RegistryError, first_line
-from captioning.evaluation.metrics import mode_of
 from captioning.tracking.client import check_reachable, check_store_exists, using
 from captioning.tracking.pyfunc import ARTIFACT
 from captioning.tracking.runs import MODEL_TAG, SWEEP_TAG, TRIAL_TAG

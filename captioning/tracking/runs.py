@@ -26,8 +26,8 @@ from mlflow.entities import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from captioning.config.metrics import EPOCH_METRICS
 from captioning.evaluation.figures import sample_grid
-from captioning.evaluation.metrics import EPOCH_METRICS
 from captioning.tracking.client import fail_fast, is_unreachable
 from captioning.tracking.pyfunc import log_captioner
 

@@ -1,4 +1,5 @@
-"""Training one captioner: train_captioner and its epoch callback (train.py), checkpoints with a
-manifest (checkpoints.py), the model of a trial that fine-tunes the encoder (finetune.py),
-self-critical training (scst.py), the Keras backend that trains (backend.py), GPU memory
-(devices.py)."""
+"""Training one captioner: the dataset, features and vocabulary made ready (prepare.py),
+train_captioner and its epoch callback (train.py), checkpoints with a manifest (checkpoints.py),
+the model of a trial that fine-tunes the encoder (finetune.py), self-critical training
+(scst.py), a PBT clone's new values (perturb.py), the Keras backend that trains (backend.py),
+GPU memory (devices.py)."""

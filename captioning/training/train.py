@@ -41,7 +41,6 @@ from captioning.atomic import Writer, write_whole
 from captioning.config.loading import save_config
 from captioning.config.schema import ExperimentConfig
 from captioning.data.batches import CaptionBatches, encode_captions
-from captioning.data.prepare import Prepared, prepare
 from captioning.errors import DatasetError, ModelDirError, TrainingError
 from captioning.evaluation.figures import attention_figure
 from captioning.evaluation.reward import CiderReward
@@ -63,6 +62,7 @@ from captioning.models.registry import decoder_named
 from captioning.training.checkpoints import MANIFEST, manifest_writer
 from captioning.training.finetune import build_tuned, tail_scale
 from captioning.training.perturb import changes, continue_with
+from captioning.training.prepare import Prepared, prepare
 from captioning.training.scst import ScstStep, StepTimes, validation_metrics
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from captioning.config.schema import ExperimentConfig, SweepConfig
+from captioning.config.schema import READS_GRID, ExperimentConfig, SweepConfig
 from captioning.data.dataset import load_dataset
-from captioning.data.prepare import ensure_data
 from captioning.errors import ConfigError
 from captioning.evaluation.figures import pareto_plot, search_plot
-from captioning.models.registry import decoder_named
 from captioning.tracking.client import (
     check_reachable,
     is_unreachable,
@@ -39,6 +37,7 @@ from captioning.tracking.client import (
 )
 from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
 from captioning.training.backend import training_backend
+from captioning.training.prepare import ensure_data
 from captioning.tune import pareto, strategy
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
@@ -210,8 +209,7 @@ def _trial_settings(config: ExperimentConfig, space: spaces.SearchSpace, storage
                     say: Callable[[str], None]) -> ExperimentConfig:
     """The base config every trial starts from: the data drawn if need be, and every path
     absolute (trials run in their own working folders, and on other nodes)."""
-    if any(decoder_named(name).grid for name in space.values("model.decoder",
-                                                             config.model.decoder)):
+    if any(READS_GRID[name] for name in space.values("model.decoder", config.model.decoder)):
         # Some trials read feature maps: every trial caches them, so that each encoder is
         # extracted once for the whole sweep, whichever decoder its first trial drew.
         config = _updated(config, "encoder", keep_grid=True)

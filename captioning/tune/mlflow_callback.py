@@ -18,8 +18,8 @@ from typing import Any
 
 from ray import tune
 
+from captioning.config.metrics import EPOCH_METRICS
 from captioning.errors import first_line
-from captioning.evaluation.metrics import EPOCH_METRICS
 from captioning.tracking.client import fail_fast, is_unreachable
 from captioning.tracking.runs import PBT_PREFIX, SweepTracker, flatten
 from captioning.tune import search_space as spaces

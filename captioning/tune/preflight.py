@@ -11,7 +11,7 @@ import ray
 from captioning.errors import ConfigError
 from captioning.features import hub
 from captioning.features.cut import build_head
-from captioning.features.encoders import build_encoder
+from captioning.features.encoders import build_encoder, check_encoder
 from captioning.training.devices import release
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def check_encoder_files(encoders: list[Any]) -> None:
     encoder.grid_layer names): a file or layer that does not fit is one ConfigError now, not
     a failure in every trial."""
     for encoder in encoders:
+        check_encoder(encoder)
         if encoder.model is None and hub.is_hub(encoder.name):
             preset = hub.preset_of(encoder.name)
             hub.check_known(preset)  # a name: no download here, as for ImageNet weights

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from captioning.config.loading import apply_overrides, read_yaml
 from captioning.config.schema import ExperimentConfig, parse_config
 from captioning.errors import ConfigError
+from captioning.features.encoders import check_encoder
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,9 @@ def load_search_space(path: Path | str, base: ExperimentConfig) -> SearchSpace:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}: {value} is not a finite number")
             try:
-                apply(base_dict, {key: value}, source=str(path))
+                drawn = apply(base_dict, {key: value}, source=str(path))
+                if key.startswith("encoder"):
+                    check_encoder(drawn.encoder, source=str(path))
             except ConfigError as error:
                 # parse_config names the key; keep the message to one line about this space.
                 raise ConfigError(f"{error} (value {value!r} of the search space)") from None

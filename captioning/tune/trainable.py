@@ -16,11 +16,11 @@ from typing import Any
 
 from ray import tune
 
-from captioning.data.prepare import prepare
 from captioning.features import hub
 from captioning.log import show_info_logs
 from captioning.training.checkpoints import epochs_in, newest_whole, storage
 from captioning.training.devices import enable_memory_growth, release
+from captioning.training.prepare import prepare
 from captioning.training.train import train_captioner
 from captioning.tune import search_space as spaces
 

@@ -80,7 +80,7 @@ CHECKPOINT_CHILD = HELPERS + textwrap.dedent(
 CACHE_CHILD = HELPERS + textwrap.dedent(
     """
     import numpy as np
-    from captioning.config.schema import EncoderConfig
+    from captioning.config.encoder import EncoderConfig
     from captioning.errors import WriteError
     from captioning.features.cache import load_or_extract
 

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from captioning.cli import main
-from captioning.evaluation.evaluate import evaluate_model
 from captioning.inference.captioner import Captioner
+from captioning.inference.evaluate import evaluate_model
 from captioning.tracking.client import using
 from captioning.tracking.runs import MODEL_TAG, SWEEP_TAG
 from conftest import free_port, start_service, stop_service

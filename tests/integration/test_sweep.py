@@ -237,7 +237,7 @@ def test_an_unknown_encoder_in_the_space_is_refused(tmp_path):
 
 def test_a_weights_file_that_fits_only_some_encoders_of_the_space_is_refused_before_ray(
         tmp_path):
-    from captioning.config.schema import EncoderConfig
+    from captioning.config.encoder import EncoderConfig
     from captioning.features.encoders import build_encoder
 
     weights = tmp_path / "mobilenet_quarter.weights.h5"

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from captioning.config.encoder import EncoderConfig
 from captioning.config.loading import apply_overrides, load_experiment, save_config
-from captioning.config.schema import EncoderConfig, ExperimentConfig, parse_config
+from captioning.config.schema import ExperimentConfig, parse_config
 from captioning.errors import ConfigError
 from captioning.features.encoders import encoders
 from captioning.inference.captioner import read_model_config
@@ -92,14 +93,6 @@ def test_tpe_startup_trials_out_of_bounds_are_rejected_naming_the_key(count, bou
 def test_several_problems_are_counted_in_one_line():
     message = config_error({"train": {"epochs": 0, "batch_size": 0, "learning_rate": -1}})
     assert "(and 2 more problems)" in message
-
-
-def test_unknown_encoder_names_it_and_lists_the_choices():
-    message = config_error({"encoder": {"name": "vgg99"}})
-    assert "encoder.name:" in message
-    assert "vgg99" in message
-    for name in encoders():
-        assert name in message
 
 
 @pytest.mark.parametrize("embedding", ["learned", "spacy:en_core_web_md", "spacy:/models/vec"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from captioning.config.schema import parse_config
-from captioning.data.prepare import prepare
 from captioning.errors import DatasetError
+from captioning.training.prepare import prepare
 
 
 def broken_dataset(root: Path, count: int) -> Path:

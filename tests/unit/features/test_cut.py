@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from captioning.config.schema import EncoderConfig
+from captioning.config.encoder import EncoderConfig
 from captioning.errors import ConfigError
 from captioning.features.cache import cache_key
 from captioning.features.cut import build_head, build_tail

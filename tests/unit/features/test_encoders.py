@@ -10,11 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from captioning.config.schema import EncoderConfig, parse_config
+from captioning.config.encoder import EncoderConfig
+from captioning.config.schema import parse_config
 from captioning.errors import ConfigError
 from captioning.features.cache import load_or_extract
 from captioning.features.encoders import (
     build_encoder,
+    check_encoder,
     encoders,
     input_size,
     preprocessing,
@@ -61,12 +63,30 @@ def test_each_family_preprocesses_with_its_own_modules_preprocess_input():
     assert encoders()["vgg19"].preprocess() is keras.applications.vgg19.preprocess_input
 
 
+def test_unknown_encoder_names_it_and_lists_the_choices():
+    with pytest.raises(ConfigError) as caught:
+        check_encoder(parse_config({"encoder": {"name": "vgg99"}}).encoder)
+    message = str(caught.value)
+    assert "encoder.name:" in message
+    assert "vgg99" in message
+    for name in encoders():
+        assert name in message
+
+
+def test_an_encoder_below_its_smallest_input_is_refused_naming_the_size():
+    config = parse_config({"encoder": {"name": "inception_v3", "image_size": 64}}).encoder
+    with pytest.raises(ConfigError, match="encoder.image_size: 64 is below inception_v3's "
+                                          "smallest input, 75"):
+        check_encoder(config)
+
+
 def test_alpha_is_taken_only_by_the_families_that_have_a_width_multiplier():
     assert {name for name, spec in encoders().items() if spec.has_alpha} == {
         "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"}
     assert parse_config({"encoder": {"name": "mobilenet", "alpha": 0.25}}).encoder.alpha == 0.25
     with pytest.raises(ConfigError) as caught:
-        parse_config({"encoder": {"name": "resnet50", "alpha": 0.25}})
+        check_encoder(parse_config({"encoder": {"name": "resnet50", "alpha": 0.25}}).encoder,
+                      source="config")
     assert str(caught.value).startswith("config: encoder.alpha: resnet50 has no width "
                                         "multiplier; only mobilenet")
     assert "\n" not in str(caught.value)

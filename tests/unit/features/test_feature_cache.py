@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.config.schema import EncoderConfig
+from captioning.config.encoder import EncoderConfig
 from captioning.data.sample import IMAGES_DIR, draw_example, draw_sample_dataset, image_name
 from captioning.features.cache import cache_key, load_or_extract
 
@@ -205,7 +205,7 @@ CHILD = textwrap.dedent(
     import hashlib, json, os, sys, time
     from pathlib import Path
     from captioning.features import cache
-    from captioning.config.schema import EncoderConfig
+    from captioning.config.encoder import EncoderConfig
     from captioning.features.cache import load_or_extract
 
     cache_dir, image_dir, ready, go, names, size = sys.argv[1:7]

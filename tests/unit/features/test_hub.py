@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning.config.schema import EncoderConfig, parse_config
+from captioning.config.encoder import EncoderConfig
+from captioning.config.schema import parse_config
 from captioning.data.images import load_image
 from captioning.errors import ConfigError
 from captioning.features import hub

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from captioning.config.schema import parse_config
-from captioning.evaluation.evaluate import evaluate_model
 from captioning.features.cache import load_or_extract
 from captioning.inference.captioner import Captioner
+from captioning.inference.evaluate import evaluate_model
 from captioning.tracking.pyfunc import ARTIFACT, CODE, input_example, package, signature
 from captioning.training.train import train_captioner
 from conftest import run_cli

@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from captioning.config.schema import EncoderConfig, ModelConfig, TrainConfig
+from captioning.config.encoder import EncoderConfig
+from captioning.config.schema import ModelConfig, TrainConfig
 from captioning.features.cut import build_head, build_tail
 from captioning.models.build import (
     build_model,

@@ -13,8 +13,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from captioning.config.encoder import EncoderConfig
 from captioning.config.limits import MAX_BEAM_WIDTH
-from captioning.config.schema import EncoderConfig
 from captioning.errors import ModelDirError
 from captioning.features.encoders import build_encoder
 from captioning.inference.captioner import Captioner

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from captioning.config.loading import load_experiment
+from captioning.config.metrics import SCST_SECONDS
 from captioning.data.dataset import load_dataset
-from captioning.data.prepare import prepare
-from captioning.evaluation.metrics import SCST_SECONDS
 from captioning.models.build import load_keras_model
+from captioning.training.prepare import prepare
 from captioning.training.train import train_captioner
 from conftest import REPO, quick_config, small_overrides
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from captioning.data.prepare import prepare
 from captioning.evaluation.scores import caption_scores, strip_markers
 from captioning.features.cache import image_inputs
 from captioning.inference.captioner import Captioner
+from captioning.training.prepare import prepare
 
 
 def evaluate_model(model_dir: Path | str, split: str = "test", beam_width: int | None = None,
