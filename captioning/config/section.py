@@ -1,7 +1,7 @@
 """The base of every config section, and how a check across keys names the key at fault.
 
 A leaf module (pydantic only): the sections of config/schema.py and the settings classes
-that each decoder owns in its own file (models/attention.py, models/transformer.py) derive
+that each decoder owns in its own file (config/attention.py, config/transformer.py) derive
 from `Section`, so an unknown key or a bad value anywhere is the same one-line error.
 """
 

@@ -1,7 +1,7 @@
 """Greedy and beam-search decoding, batched: one model call per word for a whole batch.
 
 The seed called `predict` once per word per image; here every step advances all images (and
-all beams) together through the decoder's `Stepper` (captioning/decoders/), carrying its state
+all beams) together through the decoder's `Stepper` (models/protocol.py), carrying its state
 (an LSTM's h and c, a Transformer's keys and values) instead of re-reading the prefix.
 """
 

@@ -1,7 +1,8 @@
 """Faults a long sweep must survive, each made real: a Ray node killed, the driver stopped
 with Ctrl-C, the tracking server restarted, a trial running out of memory. Nothing finished
-is lost or counted twice. (The driver killed with SIGKILL at chosen points: tests/test_resume.py;
-the disk filling up: tests/test_disk_full.py; docs/reliability.md has the whole table.)"""
+is lost or counted twice. (The driver killed with SIGKILL at chosen points:
+tests/integration/test_resume.py; the disk filling up: tests/integration/test_disk_full.py;
+docs/reliability.md has the whole table.)"""
 
 from __future__ import annotations
 

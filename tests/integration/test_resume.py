@@ -1,8 +1,9 @@
 """A sweep whose driver is killed at any moment and resumed ends with every trial finished
 exactly once, in Ray Tune and in MLflow, and trains no epoch it had already checkpointed.
 
-One sweep of two trials, killed four times at chosen points (tests/kill_points.py says how
-each point is reached without depending on timing), then resumed with the user's command."""
+One sweep of two trials, killed four times at chosen points (tests/integration/kill_points.py
+says how each point is reached without depending on timing), then resumed with the user's
+command."""
 
 from __future__ import annotations
 

@@ -52,8 +52,10 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 def fuzz(original: Path, read: Callable[[], object], count: int, seed: int) -> dict[str, int]:
     """Read `count` mutations of `original` (restored after); fail on any outcome other than
-    success or a one-line CaptioningError, naming the mutation that broke it."""
+    success or a one-line CaptioningError, naming the mutation that broke it. The unmutated
+    file must read before and after: a reader that refused everything would pass otherwise."""
     valid = original.read_bytes()
+    read()  # the valid file reads
     rng = random.Random(seed)
     outcomes = {"read": 0, "refused": 0}
     try:
@@ -72,6 +74,7 @@ def fuzz(original: Path, read: Callable[[], object], count: int, seed: int) -> d
                             f"{type(error).__name__}: {error}")
     finally:
         original.write_bytes(valid)
+    read()  # and still reads: nothing the mutations did stuck (a cache, a lock, a half write)
     assert outcomes["refused"] > 0  # the mutations do reach the checks
     return outcomes
 
@@ -123,7 +126,7 @@ def _raw(root: Path, name: str) -> list[str]:
 @pytest.mark.parametrize(("layout", "seed"), [("kaggle", 3), ("token", 4), ("karpathy", 5)])
 def test_each_dataset_reader_survives_200_mutations_of_its_captions_file(layouts, layout, seed):
     path = layouts[layout]
-    assert len(load_dataset(path.parent, layout).captions) == 12  # valid before mutation
+    assert len(load_dataset(path.parent, layout).captions) == 12
     fuzz(path, lambda: load_dataset(path.parent, layout), 200, seed=seed)
 
 
@@ -147,5 +150,4 @@ def model_dir(tmp_path_factory) -> Path:
                                                      ("vocab.json", 200, 7),
                                                      ("model.keras", 40, 8)])
 def test_the_model_loader_survives_mutations_of_each_file(model_dir, name, count, seed):
-    Captioner.load(model_dir)  # valid before mutation
     fuzz(model_dir / name, lambda: Captioner.load(model_dir), count, seed=seed)
