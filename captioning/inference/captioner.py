@@ -16,20 +16,17 @@ from captioning.errors import ConfigError, ModelDirError, first_line
 from captioning.features import hub
 from captioning.features.cut import build_head
 from captioning.features.extract import encode_images
-from captioning.jsonfile import read_json
 from captioning.models.build import captioner_problem, load_keras_model, step_decoder
 from captioning.models.decoding import beam_search, generate
 from captioning.models.protocol import Stepper
 from captioning.models.registry import decoder_named
+from captioning.training import model_files
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("model.keras", "vocab.json", "config.json")
-
-
 def check_model_files(model_dir: Path) -> None:
     """Raise ModelDirError naming the files a model directory lacks."""
-    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    missing = model_files.missing_files(model_dir)
     if missing:
         raise ModelDirError(f"{model_dir}: not a captioning model directory "
                             f"(missing {', '.join(missing)})")
@@ -40,8 +37,7 @@ def read_model_config(model_dir: Path) -> ExperimentConfig:
     the directory (as in a packaged model, see `tracking.pyfunc.package`) is resolved against
     it. A file that is not JSON (or too large, or too deep) is a ModelDirError, a config that
     is not valid a ConfigError."""
-    path = model_dir / "config.json"
-    data = read_json(path, ModelDirError)
+    data = model_files.read_config(model_dir)
     encoder = data.get("encoder") if isinstance(data, dict) else None
     for key in ("weights", "model"):
         value = encoder.get(key) if isinstance(encoder, dict) else None
@@ -54,7 +50,7 @@ def read_model_config(model_dir: Path) -> ExperimentConfig:
         if hub.is_local(preset) and not Path(preset).is_absolute() \
                 and (model_dir / preset).is_dir():
             data["encoder"]["name"] = hub.PREFIX + str((model_dir / preset).resolve())
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(model_dir / model_files.CONFIG))
 
 
 @dataclass
@@ -71,7 +67,7 @@ class Captioner:
         model_dir = Path(model_dir)
         if model_dir.is_file():
             raise ModelDirError(f"{model_dir}: a file, not a model directory; give the folder "
-                                f"that holds {', '.join(MODEL_FILES)}")
+                                f"that holds {', '.join(model_files.REQUIRED)}")
         if not model_dir.is_dir():
             raise ModelDirError(f"{model_dir}: no such model directory")
         check_model_files(model_dir)
@@ -80,10 +76,10 @@ class Captioner:
         except ConfigError as error:
             raise ModelDirError(f"{model_dir}: not a usable model directory ({error})") from None
         try:
-            vocab = Vocabulary.load(model_dir / "vocab.json")
+            vocab = Vocabulary.load(model_dir / model_files.VOCAB)
         except ValueError as error:  # one line naming the file (captioning.jsonfile)
             raise ModelDirError(str(error)) from None
-        path = model_dir / "model.keras"
+        path = model_dir / model_files.MODEL
         if not zipfile.is_zipfile(path):
             # Keras itself says "File not found" of a file that is there but is no zip.
             raise ModelDirError(f"{path}: truncated or corrupt: {path.stat().st_size} bytes "
@@ -100,7 +96,7 @@ class Captioner:
             raise ModelDirError(f"{path}: not a captioning model: {problem}")
         if model.output_shape[-1] != len(vocab):
             raise ModelDirError(f"{model_dir}: model predicts {model.output_shape[-1]} words "
-                                f"but vocab.json has {len(vocab)}")
+                                f"but {model_files.VOCAB} has {len(vocab)}")
         try:
             decoder = step_decoder(model)
         except Exception as error:  # layers of our names but not of our kinds or shapes

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -39,18 +38,16 @@ from mlflow.types.schema import AnyType
 
 from captioning.config.limits import MAX_BEAM_WIDTH
 from captioning.data.sample import draw_example
-from captioning.errors import ModelDirError
 from captioning.features import hub
 from captioning.features.encoders import input_size
 from captioning.inference.captioner import Captioner, check_model_files, read_model_config
-from captioning.jsonfile import read_json
 from captioning.tracking.client import using
+from captioning.training import model_files
 from captioning.training.devices import enable_memory_growth
 
 ARTIFACT = "captioner"  # the model directory's key in the pyfunc's artifacts
 LOGGED_NAME = "model"  # the name every trial's model is logged under: runs:/<run id>/model
 CODE = Path(__file__).with_name("model_code.py")
-PACKAGED_FILES = ("model.keras", "vocab.json", "config.json", "metrics.json")
 REQUIREMENTS = ("mlflow", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pandas", "pillow",
                 "pydantic", "pyyaml", "filelock", "tqdm")
 
@@ -140,10 +137,10 @@ def package(model_dir: Path, dest: Path) -> Path:
     config and scores, and a local encoder weights file or model (renamed, made relative)."""
     check_model_files(model_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGED_FILES:
+    for name in model_files.PACKAGED:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
-    config = read_json(model_dir / "config.json", ModelDirError)
+    config = model_files.read_config(model_dir)
     # Resolved as loading does: a packaged model's encoder files are relative to its folder.
     encoder = read_model_config(model_dir).encoder
     files = {"weights": encoder.weights_file,
@@ -159,7 +156,7 @@ def package(model_dir: Path, dest: Path) -> Path:
         shutil.copytree(Path(preset), dest / "encoder-preset", dirs_exist_ok=True)
         config["encoder"]["name"] = hub.PREFIX + "./encoder-preset"
     if any(files.values()) or config["encoder"]["name"] != encoder.name:
-        (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        model_files.write_json(dest / model_files.CONFIG, config)
     return dest
 
 
@@ -171,7 +168,7 @@ def log_captioner(tracking_uri: str, run_id: str, model_dir: Path, step: int) ->
     config = read_model_config(model_dir)
     with using(tracking_uri), tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
         packaged = package(model_dir, Path(tmp) / ARTIFACT)
-        bundled = json.loads((packaged / "config.json").read_text(encoding="utf-8"))
+        bundled = model_files.read_config(packaged)
         # Model.log, not the fluent log_model: it takes the run, so no active run is needed
         # (nor disturbed, if the caller has one). With the input example, MLflow loads the
         # model once and runs it on the example before it uploads: a model that cannot

@@ -1,7 +1,7 @@
 """A trial's checkpoints on the sweep's storage: which are whole, and which is the newest.
 
 Every epoch's model directory carries `checkpoint.json`, a manifest of its files with their
-SHA-256 digests and the epoch they hold, written after them (train.py). A checkpoint folder on
+SHA-256 digests and the epoch they hold, written after them (epoch_end.py). A checkpoint folder on
 storage is whole when each file of its manifest is there with that digest; one whose copy was
 cut off (a node lost mid-upload, a driver killed) or partly overwritten is not, and is never
 resumed from. Storage is any pyarrow file system Ray Tune writes to: a local or shared path,
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from captioning.atomic import Writer, temp_name
+from captioning.training.model_files import HISTORY, MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "checkpoint.json"
 MANIFEST_FORMAT = "captioning.checkpoint/1"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's checkpoint folders: checkpoint_000003
 _CHUNK = 1 << 20
@@ -74,7 +74,7 @@ def epochs_in(filesystem: Any, folder: str) -> int:
     """How many epochs the checkpoint in `folder` has trained (its history.json), trusted as
     it is: for the checkpoint Ray Tune itself restores a trial from."""
     try:
-        return len(_read_json(filesystem, posixpath.join(folder, "history.json")))
+        return len(_read_json(filesystem, posixpath.join(folder, HISTORY)))
     except (FileNotFoundError, OSError, ValueError):
         return 0
 
