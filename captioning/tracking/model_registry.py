@@ -26,7 +26,14 @@ from captioning.config.metrics import mode_of
 from captioning.errors import RegistryError, first_line
 from captioning.tracking.client import check_reachable, check_store_exists, using
 from captioning.tracking.pyfunc import ARTIFACT
-from captioning.tracking.runs import MODEL_TAG, SWEEP_TAG, TRIAL_TAG
+from captioning.tracking.runs import (
+    MODEL_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    finished_trials,
+    recorded_search_space,
+)
+from captioning.training import model_files
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +97,8 @@ def _candidates(client: MlflowClient, sweep: Any, metric: str
                 ) -> tuple[list[dict], int, set[str]]:
     """Finished trials of `sweep` with a logged model: (those whose model has a finite
     `metric`, how many models there are, every metric name the models have)."""
-    trials = client.search_runs(
-        [sweep.info.experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
-                       "attributes.status = 'FINISHED'"), max_results=10000)
     found, models, seen = [], 0, set()
-    for run in trials:
+    for run in finished_trials(client, sweep):
         model_id = run.data.tags.get(MODEL_TAG)
         if not model_id:
             continue
@@ -198,10 +201,7 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
     if existing:
         version, created = existing[0], False
     else:
-        try:
-            space = json.loads(sweep.data.params.get("search_space", "{}"))
-        except json.JSONDecodeError:
-            space = {}
+        space = recorded_search_space(sweep)
         searched = {k: run.data.params[k] for k in space if k in run.data.params}
         tags = {MODEL_TAG: model.model_id, TRIAL_TAG: run.data.tags.get(TRIAL_TAG, ""),
                 "sweep": name, "sweep_run_id": sweep.info.run_id,
@@ -260,9 +260,9 @@ def fetch(model: str, tracking_uri: str, dest: Path) -> Path:
         reason = first_line(error)
         raise RegistryError(f"{model}: cannot fetch it from {tracking_uri} ({reason})") from None
     for candidate in (local, local / "artifacts" / ARTIFACT):
-        if (candidate / "model.keras").is_file():
+        if (candidate / model_files.MODEL).is_file():
             return candidate
-    raise RegistryError(f"{model}: not a captioning model (no model.keras in it; "
+    raise RegistryError(f"{model}: not a captioning model (no {model_files.MODEL} in it; "
                         f"{_what_it_is(local)})")
 
 

@@ -24,12 +24,13 @@ from mlflow.entities import (
     Param,
     RunStatus,
 )
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from captioning.config.metrics import EPOCH_METRICS
 from captioning.evaluation.figures import sample_grid
 from captioning.tracking.client import fail_fast, is_unreachable
 from captioning.tracking.pyfunc import log_captioner
+from captioning.training import model_files
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ TRIAL_TAG = "captioning.trial_id"
 MODEL_TAG = "captioning.model_id"  # on a trial's run: the id of its logged MLflow model
 SWEEP_TAG = "captioning.sweep"
 SWEEP_DIR_TAG = "captioning.sweep_dir"
+# MLflow 3's UI reads this experiment tag, but mlflow.utils.mlflow_tags does not name it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 # Population Based Training: a trial's run logs, every epoch, the value of each key PBT may
@@ -44,6 +46,7 @@ MODEL_TRAINING = "custom_model_development"
 PBT_PREFIX = "pbt/"
 CLONES_TAG = "pbt.clones"
 MAX_TAG_CHARS = 8000  # what an MLflow tag value holds
+SEARCH_SPACE_PARAM = "search_space"  # on a sweep's parent run: its space, as JSON
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -68,9 +71,39 @@ def dataset_input(dataset: Any, context: str = "training") -> DatasetInput:
     return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
-def _param_value(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A value as every run here records it as an MLflow param: a string as it is, anything
+    else as JSON (None -> "null", True -> "true")."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]  # MLflow's limit on a parameter value
+
+
+def recorded_search_space(sweep: Any) -> dict[str, dict[str, Any]]:
+    """The search space a sweep's parent run recorded (SweepTracker.start_parent writes it):
+    each key's distribution as the space file gives it; empty where the run has none."""
+    text = sweep.data.params.get(SEARCH_SPACE_PARAM)
+    if text is None:
+        return {}
+    try:
+        space = json.loads(text)
+    except json.JSONDecodeError:
+        log.warning("run %s: its %s param is not JSON; read as no search space",
+                    sweep.info.run_id, SEARCH_SPACE_PARAM)
+        return {}
+    return space if isinstance(space, dict) else {}
+
+
+def _children(parent_run_id: str) -> str:
+    """The search_runs filter of the runs nested under run `parent_run_id`."""
+    return f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+
+
+def finished_trials(client: MlflowClient, sweep: Any) -> list[Any]:
+    """The trial runs of a sweep (its parent run `sweep`) that finished."""
+    return client.search_runs(
+        [sweep.info.experiment_id],
+        filter_string=f"{_children(sweep.info.run_id)} and attributes.status = 'FINISHED'",
+        max_results=10000)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -96,6 +129,8 @@ class SweepTracker:
 
     def start_parent(self, name: str, sweep_dir: str, params: Mapping[str, Any],
                      files: Mapping[str, Path], dataset: DatasetInput | None = None) -> str:
+        """The sweep's parent run, recording `params` (its space under SEARCH_SPACE_PARAM,
+        read back by recorded_search_space), `dataset` and `files` (folder -> file)."""
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={SWEEP_TAG: name, SWEEP_DIR_TAG: sweep_dir})
         self.parent_run_id = run.info.run_id
@@ -119,7 +154,7 @@ class SweepTracker:
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Log `params` (again: the same value twice is allowed), 100 per request."""
-        items = [Param(key, _param_value(value)) for key, value in params.items()]
+        items = [Param(key, param_text(value)) for key, value in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
@@ -130,7 +165,7 @@ class SweepTracker:
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
-                           f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"),
+                           f"{_children(self.parent_run_id)}"),
             max_results=1)
         if found:
             run_id = found[0].info.run_id
@@ -138,7 +173,7 @@ class SweepTracker:
         else:
             run_id = self.client.create_run(
                 self.experiment_id, run_name=name,
-                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id}
+                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id}
             ).info.run_id
         self.log_params(run_id, params)  # again if found: a retry may have been cut short
         if dataset is not None and not found:
@@ -168,7 +203,7 @@ class SweepTracker:
         while len(clones) > 1 and len(json.dumps(clones)) > MAX_TAG_CHARS:
             clones.pop(0)
         self.client.set_tag(run_id, CLONES_TAG, json.dumps(clones)[:MAX_TAG_CHARS])
-        self.client.set_tag(run_id, "mlflow.runName", name)
+        self.client.set_tag(run_id, MLFLOW_RUN_NAME, name)
 
     def last_step(self, run_id: str) -> int:
         """The last epoch run `run_id` has logged (0 if none)."""
@@ -182,7 +217,7 @@ class SweepTracker:
         self.client.set_tag(run_id, "epochs_run", str(epochs_run))
         if checkpoint_dir is not None:
             self._log_model(run_id, checkpoint_dir)
-            samples = checkpoint_dir / "samples.json"
+            samples = checkpoint_dir / model_files.SAMPLES
             if samples.is_file():
                 rows = json.loads(samples.read_text(encoding="utf-8"))
                 self.client.log_table(run_id, data={
@@ -191,7 +226,7 @@ class SweepTracker:
                     "references": [" | ".join(r["references"]) for r in rows],
                 }, artifact_file="val_samples.json")
                 self._log_sample_grid(run_id, rows)
-            attention = checkpoint_dir / "attention.png"
+            attention = checkpoint_dir / model_files.ATTENTION
             if attention.is_file():  # where the attention decoder looked, word by word
                 self.client.log_artifact(run_id, str(attention))
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
@@ -217,7 +252,7 @@ class SweepTracker:
             self.client.set_tag(run_id, MODEL_TAG, logged[0].model_id)
             return
         try:
-            metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
+            metrics = model_files.read_metrics(checkpoint_dir)
             model_id = log_captioner(self.uri, run_id, checkpoint_dir,
                                      step=int(metrics["epoch"]))
         except Exception as error:  # noqa: BLE001 - reported on the run, the sweep goes on
@@ -265,6 +300,5 @@ class SweepTracker:
 
     def child_runs(self) -> list[Any]:
         return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            [self.experiment_id], filter_string=_children(self.parent_run_id),
             max_results=10000)

@@ -12,7 +12,6 @@ artifact viewer; `captioning report` and the end of `captioning sweep` print the
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
@@ -25,7 +24,12 @@ from typing import Any
 from mlflow import MlflowClient
 
 from captioning.tracking.model_registry import find_sweep
-from captioning.tracking.runs import CLONES_TAG
+from captioning.tracking.runs import (
+    CLONES_TAG,
+    finished_trials,
+    param_text,
+    recorded_search_space,
+)
 from captioning.tune.search_space import Param, _meets
 
 log = logging.getLogger(__name__)
@@ -45,9 +49,10 @@ class Trial:
 
 
 def _typed(value: str, param: Param) -> Any:
-    """An MLflow param (a string) as the space's distribution gives it."""
+    """An MLflow param (a string, as runs.param_text wrote it) as the space's distribution
+    gives it."""
     if param.choice is not None:
-        return next((c for c in param.choice if str(c) == value), value)
+        return next((c for c in param.choice if param_text(c) == value), value)
     if param.integer is not None:
         return int(float(value))
     return float(value)
@@ -73,7 +78,7 @@ def _ended_with(run: Any, space: dict[str, Param]) -> dict[str, str]:
     except (ValueError, IndexError, KeyError, TypeError):
         return params
     return {**{k: v for k, v in params.items() if k not in space},
-            **{k: str(v) for k, v in last.items() if k in space}}
+            **{k: param_text(v) for k, v in last.items() if k in space}}
 
 
 def _samples(client: MlflowClient, run_id: str, folder: Path) -> list[str]:
@@ -89,13 +94,9 @@ def _samples(client: MlflowClient, run_id: str, folder: Path) -> list[str]:
 def trials(client: MlflowClient, sweep: Any, space: dict[str, Param], metric: str, mode: str
            ) -> list[Trial]:
     """Every finished trial of `sweep` that logged `metric`, at its kept epoch."""
-    runs = client.search_runs(
-        [sweep.info.experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
-                       "attributes.status = 'FINISHED'"), max_results=10000)
     found = []
     with tempfile.TemporaryDirectory(prefix="captioning-report-") as folder:
-        for run in runs:
+        for run in finished_trials(client, sweep):
             history = [m for m in client.get_metric_history(run.info.run_id, metric)
                        if math.isfinite(m.value)]
             if not history:
@@ -246,7 +247,7 @@ def make_report(tracking_uri: str, *, sweep_run: str | None = None,
     params = sweep.data.params
     metric, mode = params.get("metric", "val_cider"), params.get("mode", "max")
     space = {key: Param.model_validate(spec)
-             for key, spec in ast.literal_eval(params.get("search_space", "{}")).items()}
+             for key, spec in recorded_search_space(sweep).items()}
     found = trials(client, sweep, space, metric, mode)
     study = study_of(found, space, mode) if found else None
     weights = importances(study) if study is not None else {}
