@@ -35,7 +35,13 @@ from captioning.tracking.client import (
     resolve_tracking_uri,
     tracking_failure,
 )
-from captioning.tracking.runs import TRIAL_TAG, SweepTracker, dataset_input, flatten
+from captioning.tracking.runs import (
+    SEARCH_SPACE_PARAM,
+    TRIAL_TAG,
+    SweepTracker,
+    dataset_input,
+    flatten,
+)
 from captioning.training.backend import training_backend
 from captioning.training.prepare import ensure_data
 from captioning.tune import pareto, strategy
@@ -44,7 +50,7 @@ from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
 from captioning.tune.report import make_report
 from captioning.tune.resume import CheckpointKeeper, keep_only_latest, repair_state
-from captioning.tune.trainable import train_trial, trial_dirname
+from captioning.tune.trainable import FEATURES_EXTRACTED, train_trial, trial_dirname
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +111,8 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     config = _sweep_settings(config, smoke_test, num_samples)
     space_path = Path(search_space or config.sweep.search_space)
     space = spaces.load_search_space(space_path, config)
-    if strategy.population_based(config.sweep):
-        strategy.scheduler(config.sweep, 1, space)  # refuses a space it cannot perturb
+    plan = strategy.SweepPlan.of(config.sweep)
+    perturbed = plan.perturbed(space)  # refuses a space PBT could perturb nothing of
     uri = resolve_tracking_uri(config.sweep.tracking_uri)
     check_reachable(uri)
     check_encoder_files(space.encoders(config))
@@ -139,12 +145,10 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
         # Ray restores the searcher, the scheduler and the MLflow callback with the sweep.
         tuner = tune.Tuner.restore(sweep_dir, function, resume_errored=True)
     else:
-        tuner = _new_tuner(function, config, space, storage_path, [
+        tuner = _new_tuner(function, config, space, plan, storage_path, [
             MlflowTrials(uri, config.name, tracker.parent_run_id, base, dataset_input(dataset),
-                         tuple(strategy.perturbed_keys(space, config.sweep.scheduler))
-                         if strategy.population_based(config.sweep) else ()),
-            # PBT may clone any trial's earlier checkpoint: none is deleted until the end.
-            CheckpointKeeper(sweep_dir, delete=not strategy.population_based(config.sweep)),
+                         perturbed),
+            CheckpointKeeper(sweep_dir, delete=not plan.keep_checkpoints),
             *(callbacks or [])])
     results = _fit(tuner, tracker)
     # Ray Tune stops on Ctrl-C (SIGINT), ends the running trials and saves the sweep's state
@@ -263,7 +267,7 @@ def _parent_params(config: ExperimentConfig, space: spaces.SearchSpace, space_pa
     """What the sweep's MLflow parent run records of how the sweep was set up."""
     return {
         "experiment_file": str(experiment_path or ""), "search_space_file": str(space_path),
-        "search_space": space.to_dict(), "num_samples": config.sweep.num_samples,
+        SEARCH_SPACE_PARAM: space.to_dict(), "num_samples": config.sweep.num_samples,
         "max_concurrent_trials": config.sweep.max_concurrent_trials,
         **strategy.describe(config.sweep, config.train.seed, _most_epochs(config, space),
                             space),
@@ -281,7 +285,8 @@ def _most_epochs(config: ExperimentConfig, space: spaces.SearchSpace) -> int:
 
 
 def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpace,
-               storage_path: str, callbacks: list[tune.Callback]) -> tune.Tuner:
+               plan: strategy.SweepPlan, storage_path: str, callbacks: list[tune.Callback]
+               ) -> tune.Tuner:
     """An Optuna sampler draws each trial from the space (sweep.searcher); a Ray Tune
     scheduler stops the poor ones early (sweep.scheduler): tune/strategy.py. Several
     objectives: the sampler models them all (a multi-objective study); the scheduler and the
@@ -293,16 +298,12 @@ def _new_tuner(function: Any, config: ExperimentConfig, space: spaces.SearchSpac
         tune_config=tune.TuneConfig(
             metric=config.sweep.metric, mode=config.sweep.mode, search_alg=searcher,
             scheduler=scheduler, num_samples=config.sweep.num_samples,
-            # PBT's generator limits the trials at once itself (strategy.searcher).
-            max_concurrent_trials=(None if strategy.population_based(config.sweep)
-                                   else config.sweep.max_concurrent_trials),
+            max_concurrent_trials=plan.max_concurrent,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=config.name, storage_path=storage_path, callbacks=callbacks,
-            # A trial's last epoch ends it before PBT sees it: none is cloned with nothing
-            # left to train.
             stop=({"training_iteration": _most_epochs(config, space)}
-                  if strategy.population_based(config.sweep) else None),
+                  if plan.stop_at_last_epoch else None),
             failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
             # Ray deletes no checkpoint: CheckpointKeeper does, once it is safe.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
@@ -335,7 +336,7 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
         frame = result.metrics_dataframe
         if frame is not None and len(frame):
             last = frame.iloc[-1]
-            extracted = frame.get("features_extracted")
+            extracted = frame.get(FEATURES_EXTRACTED)
             timeline.append({"trial_id": last["trial_id"],
                              "config": spaces.drawn_values(result.config),
                              "epochs": int(last["training_iteration"]),

@@ -19,11 +19,12 @@ from typing import Any
 from ray import tune
 
 from captioning.config.metrics import EPOCH_METRICS
+from captioning.config.schema import ExperimentConfig
 from captioning.errors import first_line
 from captioning.tracking.client import fail_fast, is_unreachable
 from captioning.tracking.runs import PBT_PREFIX, SweepTracker, flatten
 from captioning.tune import search_space as spaces
-from captioning.tune.trainable import trial_name
+from captioning.tune.trainable import CLONED_EPOCH, CLONED_FROM, trial_name
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class MlflowTrials(tune.Callback):
         self.base, self.dataset = base, dataset  # dataset: the MLflow input every trial logs
         self.perturbed = tuple(perturbed)  # the keys PBT changes in running trials
         self.max_epochs = int(base["train"]["epochs"])  # of sweeps saved before SCST
+        # trial id -> its resolved config, made once from the base and its first draw (what
+        # its MLflow params record; PBT perturbs no key that changes its epochs).
+        self.configs: dict[str, ExperimentConfig] = {}
         self.pending: list[tuple[str, str, Any]] = []  # (kind, trial id, payload), in order
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
         self._tracker: SweepTracker | None = None
@@ -164,10 +168,16 @@ class MlflowTrials(tune.Callback):
                             len(self.pending))
             self._reset_backoff()
 
+    def config_of(self, trial: Any) -> ExperimentConfig:
+        configs = self.__dict__.setdefault("configs", {})  # not in a sweep saved before it
+        if trial.trial_id not in configs:
+            configs[trial.trial_id] = spaces.apply(self.base, trial.config)
+        return configs[trial.trial_id]
+
     def _queue(self, kind: str, trial: Any, payload: Any = None) -> None:
         if trial.trial_id not in self.names:
-            config = spaces.apply(self.base, trial.config).to_dict()
-            self.names[trial.trial_id] = (trial_name(trial.config), flatten(config))
+            params = flatten(self.config_of(trial).to_dict())
+            self.names[trial.trial_id] = (trial_name(trial.config), params)
         self.pending.append((kind, trial.trial_id, payload))
         self.flush()
 
@@ -177,7 +187,7 @@ class MlflowTrials(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if not all(finished(trial.last_result, trial.status == "ERROR",
-                            trial_epochs(self.base, trial.config)) for trial in trials):
+                            self.config_of(trial).train.total_epochs) for trial in trials):
             # Stopped by Ctrl-C: one try, no wait; --resume sends what is left.
             self.flush()
             return
@@ -200,9 +210,9 @@ class MlflowTrials(tune.Callback):
         metrics.update({PBT_PREFIX + key: value for key, value in perturbed.items()})
         payload = {"metrics": metrics,
                    "timestamp_ms": int(result.get("timestamp", time.time()) * 1000)}
-        if result.get("pbt_cloned_from"):  # the trial's whole draw is the clone's now
-            payload["clone"] = {"from_trial": result["pbt_cloned_from"],
-                                "epoch": int(result.get("pbt_cloned_epoch", 0)),
+        if result.get(CLONED_FROM):  # the trial's whole draw is the clone's now
+            payload["clone"] = {"from_trial": result[CLONED_FROM],
+                                "epoch": int(result.get(CLONED_EPOCH, 0)),
                                 "draw": spaces.drawn_values(config)}
             payload["name"] = trial_name(config)
         self._queue("epoch", trial, payload)
@@ -210,7 +220,7 @@ class MlflowTrials(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self._queue("finish", trial, {"checkpoint": trial.checkpoint, "epochs": epochs,
-                                      "max_epochs": trial_epochs(self.base, trial.config)})
+                                      "max_epochs": self.config_of(trial).train.total_epochs})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = ""

@@ -7,7 +7,6 @@ wraps it with the base config and the trial's resources.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import shutil
@@ -20,6 +19,7 @@ from captioning.features import hub
 from captioning.log import show_info_logs
 from captioning.training.checkpoints import epochs_in, newest_whole, storage
 from captioning.training.devices import enable_memory_growth, release
+from captioning.training.model_files import read_history
 from captioning.training.prepare import prepare
 from captioning.training.train import train_captioner
 from captioning.tune import search_space as spaces
@@ -47,6 +47,14 @@ def trial_name(drawn: dict[str, Any]) -> str:
 
 
 TRIAL_DIR = "trial_{}"  # a trial's folder in the sweep's storage, by trial id
+
+# What a trial reports besides its epoch's metrics, for the MLflow callback and the launcher:
+# 1 in the first report of the trial that ran the encoder, else 0; and in the first report
+# after Population Based Training cloned another trial, that trial's id and the epoch after
+# which this one continues from its checkpoint.
+FEATURES_EXTRACTED = "features_extracted"
+CLONED_FROM = "pbt_cloned_from"
+CLONED_EPOCH = "pbt_cloned_epoch"
 
 
 def trial_dirname(trial: Any) -> str:
@@ -97,7 +105,7 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     if source is not None:
         shutil.rmtree(model_dir, ignore_errors=True)
         source.to_directory(str(model_dir))
-        history = json.loads((model_dir / "history.json").read_text(encoding="utf-8"))
+        history = read_history(model_dir)
         if newer:
             log.info("resuming from %s (epoch %d); the sweep's state knew epoch %d", newer.path,
                      newer.epoch, known)
@@ -112,11 +120,11 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
                  ", ".join(f"{key}={value}" for key, value in
                            spaces.drawn_values(drawn).items()))
     # The first report after a clone says so (the MLflow run records it, tune/mlflow_callback).
-    clone = [{"pbt_cloned_from": cloned, "pbt_cloned_epoch": known}] if cloned else []
+    clone = [{CLONED_FROM: cloned, CLONED_EPOCH: known}] if cloned else []
 
     def report(epoch: int, metrics: dict[str, float], path: Path | None) -> None:
         flag = extracted.pop() if extracted else 0
-        tune.report({**metrics, "features_extracted": flag, **(clone.pop() if clone else {})},
+        tune.report({**metrics, FEATURES_EXTRACTED: flag, **(clone.pop() if clone else {})},
                     checkpoint=tune.Checkpoint.from_directory(str(path)) if path else None)
 
     for metrics in history[known:]:  # trained and on storage, but not in the sweep's state

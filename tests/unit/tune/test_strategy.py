@@ -1,13 +1,18 @@
 """How a sweep searches (tune/strategy.py): every offered Optuna sampler draws a conditional
 space as it is written, the samplers that cannot are refused saying why, and each scheduler is
-Ray Tune's own."""
+Ray Tune's own. Every row of the searcher and scheduler tables is held to the same contract,
+so a new row is tested by adding it."""
 
 from __future__ import annotations
 
+import itertools
+
 import optuna
 import pytest
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import SearchAlgorithm, Searcher
 
+from captioning.config import sweep as sweep_config
 from captioning.config.schema import SweepConfig, parse_config
 from captioning.errors import ConfigError
 from captioning.tune import strategy
@@ -19,7 +24,7 @@ model.attention.units: {int: [16, 64], when: {model.decoder: attention}}
 """
 
 
-@pytest.mark.parametrize("searcher", ["tpe", "random", "nsga2"])
+@pytest.mark.parametrize("searcher", list(strategy.SEARCHERS))
 def test_every_searcher_draws_a_conditional_key_only_for_the_trials_it_applies_to(
         searcher, tmp_path):
     path = tmp_path / "space.yaml"
@@ -44,15 +49,85 @@ def test_a_sampler_that_does_not_fit_conditional_spaces_is_refused_saying_why():
         parse_config({"sweep": {"scheduler": "median"}})
 
 
-@pytest.mark.parametrize("name, kind", [("asha", ASHAScheduler), ("fifo", FIFOScheduler),
-                                        ("hyperband", HyperBandScheduler)])
-def test_each_scheduler_is_ray_tunes_own_and_the_parent_run_says_which(name, kind):
+def test_the_tables_name_exactly_what_the_config_accepts():
+    # config/sweep.py validates without importing Ray: its names and the tables' rows agree.
+    assert tuple(strategy.SEARCHERS) == sweep_config.SEARCHERS
+    assert tuple(strategy.SCHEDULERS) == sweep_config.SCHEDULERS
+    assert set(sweep_config.MODELLING_SEARCHERS) <= set(strategy.SEARCHERS)
+    assert set(sweep_config.POPULATION_SCHEDULERS) <= set(strategy.SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", list(strategy.SEARCHERS))
+def test_every_searcher_builds_a_seeded_optuna_sampler_the_parent_run_names(name):
+    sweep = SweepConfig(searcher=name, startup_trials=3)
+    built = strategy.sampler(sweep, seed=7)
+    assert isinstance(built, optuna.samplers.BaseSampler)
+    described = strategy.SEARCHERS[name].describe(sweep, 7)
+    assert described.startswith(f"optuna {type(built).__name__}(seed=7")
+    assert "\n" not in described
+
+
+@pytest.mark.parametrize("name", list(strategy.SCHEDULERS))
+def test_every_scheduler_builds_a_ray_scheduler_the_parent_run_describes(name, tmp_path):
+    space = _space(tmp_path, PBT_SPACE)
     sweep = SweepConfig(scheduler=name, searcher="random")
-    assert type(strategy.scheduler(sweep, max_t=6)) is kind
-    described = strategy.describe(sweep, seed=3, max_t=6)
-    assert described["sampler"] == "optuna RandomSampler(seed=3)"
-    assert described["scheduler"].startswith({"asha": "ASHA(max_t=6", "fifo": "FIFO",
-                                              "hyperband": "HyperBand(max_t=6"}[name])
+    assert isinstance(strategy.scheduler(sweep, max_t=6, space=space), TrialScheduler)
+    for described in (strategy.SCHEDULERS[name].describe(sweep, 6, space),
+                      strategy.SCHEDULERS[name].describe(sweep, 6, None)):
+        assert described and "\n" not in described
+
+
+@pytest.mark.parametrize("searcher, scheduler", list(itertools.product(strategy.SEARCHERS,
+                                                                       strategy.SCHEDULERS)))
+def test_every_pair_of_searcher_and_scheduler_builds_or_is_refused_in_one_line(
+        searcher, scheduler, tmp_path):
+    sections = {"sweep": {"searcher": searcher, "scheduler": scheduler, "num_samples": 3}}
+    if searcher in sweep_config.MODELLING_SEARCHERS \
+            and scheduler in sweep_config.POPULATION_SCHEDULERS:
+        with pytest.raises(ConfigError) as refused:
+            parse_config(sections)
+        assert f"sweep.searcher: {searcher} " in str(refused.value)
+        assert "\n" not in str(refused.value)
+        return
+    config = parse_config(sections)
+    space = _space(tmp_path, PBT_SPACE)
+    search = strategy.searcher(config.sweep, config.train.seed, space.define_by_run)
+    assert isinstance(search, Searcher | SearchAlgorithm)
+    assert isinstance(strategy.scheduler(config.sweep, max_t=6, space=space), TrialScheduler)
+    assert set(strategy.describe(config.sweep, 0, 6, space)) == {"sampler", "scheduler"}
+
+
+@pytest.mark.parametrize("name", list(strategy.SCHEDULERS))
+def test_only_population_based_training_changes_how_the_sweep_runs(name, tmp_path):
+    space = _space(tmp_path, PBT_SPACE)
+    sweep = SweepConfig(scheduler=name, searcher="random", max_concurrent_trials=3)
+    population = name in sweep_config.POPULATION_SCHEDULERS
+    # PBT draws its population up front (its generator limits the trials at once), may clone
+    # any trial's earlier checkpoint, and must not clone a trial at its last epoch.
+    assert strategy.SweepPlan.of(sweep) == strategy.SweepPlan(
+        scheduler=name, population=population, keep_checkpoints=population,
+        max_concurrent=None if population else 3, stop_at_last_epoch=population)
+    assert bool(strategy.SweepPlan.of(sweep).perturbed(space)) == population
+    assert bool(strategy.param_space(sweep, space)) == population
+
+
+def test_the_parent_run_records_the_samplers_and_schedulers_settings():
+    assert strategy.describe(SweepConfig(startup_trials=4), seed=3, max_t=6) == {
+        "sampler": "optuna TPESampler(seed=3, n_startup_trials=4)",
+        "scheduler": "ASHA(max_t=6, grace_period=2, reduction_factor=2)"}
+    assert strategy.describe(SweepConfig(scheduler="hyperband", searcher="random",
+                                         reduction_factor=3), seed=3, max_t=6) == {
+        "sampler": "optuna RandomSampler(seed=3)",
+        "scheduler": "HyperBand(max_t=6, reduction_factor=3)"}
+    assert strategy.describe(SweepConfig(scheduler="fifo", searcher="nsga2"), seed=1,
+                             max_t=6) == {"sampler": "optuna NSGAIISampler(seed=1)",
+                                          "scheduler": "FIFO (no early stopping)"}
+
+
+def _space(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return load_search_space(path, parse_config({}))
 
 
 PBT_SPACE = """model.decoder: {choice: [merge, attention]}
@@ -134,3 +209,5 @@ def test_pbt_with_a_modelling_searcher_or_a_space_it_cannot_perturb_is_refused(t
     with pytest.raises(ConfigError, match="sweep.scheduler: pbt perturbs train.learning_rate, "
                                           ".* draws none of them"):
         strategy.scheduler(SweepConfig(scheduler="pbt"), max_t=4, space=space)
+    with pytest.raises(ConfigError, match="sweep.scheduler: pbt perturbs .* draws none"):
+        strategy.SweepPlan.of(SweepConfig(scheduler="pbt")).perturbed(space)
