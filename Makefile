@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_MODEL ?= runs/quickstart
 
-.PHONY: install demo train-demo test lint benchmark clean
+.PHONY: install demo train-demo test test-fast lint benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ TEST_WORKERS ?= 2
 
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+# The fast lane, for the edit-test loop: the unit tests not marked slow (no sweep, no whole
+# command, no model trained for more than an epoch or two), under 3 min on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" tests/unit
 
 lint: install
 	$(BIN)/ruff check .

@@ -138,6 +138,7 @@ def test_a_model_file_carrying_code_is_refused_in_safe_mode(tmp_path):
                                     image_size=32))
 
 
+@pytest.mark.slow
 def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_saying_what_to_give(
         tmp_path, sample_root):
     # No weights cached (an empty KERAS_HOME), and every download goes through a proxy on a

@@ -96,6 +96,7 @@ def test_rows_follow_the_requested_names(cached, sample):
     assert first.dim == 2048
 
 
+@pytest.mark.slow
 def test_rewriting_an_image_changes_the_key_and_extracts_again(own_images, tmp_path):
     image_dir, names = own_images
     config = encoder(tmp_path / "cache")
@@ -243,6 +244,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_asking_at_once_extract_once_and_share_the_result(sample, tmp_path):
     image_dir, names = sample
     cache_dir = tmp_path / "cache"
@@ -348,6 +350,7 @@ def test_random_weight_features_group_images_by_first_shape_colour(tmp_path):
     assert gap(colours, distance) < 0  # and closer in euclidean distance too
 
 
+@pytest.mark.slow
 def test_encoder_weights_can_be_a_local_weights_file(sample, tmp_path):
     from captioning.features.encoders import build_encoder
 

@@ -206,6 +206,7 @@ def test_an_attention_figure_is_drawn_of_an_image_read_from_a_named_pipe(attenti
     assert Image.open(out).size[0] > 0
 
 
+@pytest.mark.slow
 def test_caption_reads_an_image_piped_into_dev_stdin(attention_dir, tmp_path):
     jpeg = a_jpeg(tmp_path / "piped.jpg", (200, 40, 40))
     result = subprocess.run(cli("caption", "/dev/stdin", "--model", str(attention_dir)),

@@ -121,6 +121,7 @@ def test_attention_adds_the_doubly_stochastic_penalty_over_real_steps(model_and_
 
 
 @pytest.mark.parametrize("variant", list(GRID_VARIANTS))
+@pytest.mark.slow
 def test_grid_decoders_train_under_mixed_precision(variant):
     from captioning.models.build import precision
 

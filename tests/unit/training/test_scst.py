@@ -88,6 +88,7 @@ def test_the_policy_gradient_loss_is_the_advantage_weighted_log_likelihood():
 
 
 @pytest.mark.parametrize("baseline", ["mean", "greedy"])
+@pytest.mark.slow
 def test_scst_steps_raise_the_reward_of_the_models_captions(vocab, decoder, baseline):
     # Four images, each with references made of one word: after 40 steps the model's captions
     # earn more CIDEr-D on average (the expected reward, which is what SCST climbs) than the

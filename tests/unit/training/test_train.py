@@ -21,6 +21,7 @@ EPOCH_KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_bleu
               "val_bleu3", "val_bleu4", "val_cider", "val_rouge_l"}
 
 
+@pytest.mark.slow
 def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, tmp_path):
     seen = []
     config = quick_config(sample_root)
@@ -44,6 +45,7 @@ def test_every_epoch_is_reported_with_losses_accuracies_and_scores(sample_root, 
     assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 3
 
 
+@pytest.mark.slow
 def test_a_resumed_training_continues_after_its_last_epoch(sample_root, tmp_path):
     import keras
 
@@ -66,6 +68,7 @@ def test_a_resumed_training_continues_after_its_last_epoch(sample_root, tmp_path
     assert samples and {"image", "prediction", "references"} <= set(samples[0])
 
 
+@pytest.mark.slow
 def test_scst_epochs_continue_the_history_and_a_resume_in_them_loses_none(sample_root,
                                                                          tmp_path):
     import keras
@@ -103,6 +106,7 @@ def test_scst_epochs_continue_the_history_and_a_resume_in_them_loses_none(sample
     assert optimizer_steps() == 2 * scst_steps  # the SCST optimizer went on, not from zero
 
 
+@pytest.mark.slow
 def test_a_resume_after_early_stopping_goes_on_to_scst(sample_root, tmp_path):
     train_captioner(quick_config(sample_root, epochs=2, patience=1), model_dir=tmp_path / "m",
                     verbose=0)
