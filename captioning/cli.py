@@ -70,23 +70,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import keras
-
     from captioning.config.loading import load_experiment
-    from captioning.features.encoders import check_encoder
     from captioning.training.backend import training_backend
-    from captioning.training.train import train_captioner
 
-    config = load_experiment(args.experiment, args.overrides)
-    check_encoder(config.encoder)
+    config = load_experiment(args.experiment, args.overrides)  # no Keras imported yet
     wanted = training_backend(config.train.backend,
                               config.train.epochs + config.train.scst.epochs)
-    if wanted != keras.backend.backend() and args.own_process:
-        # Keras fixed its backend when it was imported: start again on the one that trains.
-        print(f"training on Keras' {wanted} backend (train.backend: {config.train.backend})",
-              flush=True)
-        os.execve(sys.executable, [sys.executable, "-m", "captioning.cli", *args.argv],
-                  {**os.environ, "KERAS_BACKEND": wanted})
+    if "keras" not in sys.modules:  # Keras fixes its backend when it is first imported
+        os.environ["KERAS_BACKEND"] = wanted
+        if wanted != "tensorflow":
+            print(f"training on Keras' {wanted} backend (train.backend: "
+                  f"{config.train.backend})", flush=True)
+    from captioning.features.encoders import check_encoder
+    from captioning.training.train import train_captioner
+
+    check_encoder(config.encoder)
     result = train_captioner(config, model_dir=args.output)
     best = result.best
     print(f"best epoch {best['epoch']} of {len(result.history)}"
@@ -274,10 +272,9 @@ COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
-    own_process = argv is None  # the command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv, args.own_process = argv, own_process
+    args.argv = argv
     show_info_logs()
     try:
         return COMMANDS[args.command](args)

@@ -9,8 +9,9 @@ convolutions are 2 to 4 times as fast as XLA's on a CPU; captioning, evaluation,
 which see few batches of each shape) runs on TensorFlow.
 
 Keras fixes its backend when it is first imported, so a process is given its backend before
-it starts: `captioning train` starts itself again with KERAS_BACKEND set (cli.py), a sweep
-sets it for its Ray workers. KERAS_BACKEND set by the user always wins.
+that: `captioning train` sets KERAS_BACKEND once it has read the config, which imports no
+Keras (cli.py); a sweep sets it for its Ray workers. KERAS_BACKEND set by the user always
+wins.
 """
 
 from __future__ import annotations
