@@ -57,7 +57,8 @@ def test_train_backend_auto_picks_jax_only_where_it_pays(monkeypatch, choice, ep
     assert backend.training_backend(choice, epochs, gpus) == "torch"
 
 
-def test_captioning_train_chooses_jax_before_keras_is_imported_and_trains_there(sample_root, tmp_path):
+def test_captioning_train_chooses_jax_before_keras_is_imported_and_trains_there(sample_root,
+                                                                              tmp_path):
     from conftest import small_overrides
 
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
