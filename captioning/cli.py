@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,8 +26,31 @@ from captioning.log import show_info_logs
 def _print_table(rows: dict[str, object]) -> None:
     width = max(len(key) for key in rows)
     for key, value in rows.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else value
+        shown = value
+        if isinstance(value, float):  # a count logged as a metric (param_count) as a count
+            shown = f"{value:.0f}" if value.is_integer() and abs(value) >= 1000 else \
+                f"{value:.4f}"
         print(f"  {key:<{width}}  {shown}")
+
+
+_MODULES = {"captioning": "captioning.cli", "mlflow": "mlflow"}  # what `python -m` runs
+
+
+def _runnable(program: str) -> str:
+    """`program` (captioning, mlflow) as the shell here runs it, so that a printed next step
+    runs as printed: its name where PATH finds the one beside this Python (an activated
+    virtualenv, an installed package); else the path of that one, relative to this folder
+    when below it (`.venv/bin/captioning` after `make demo`); else this Python's `-m`."""
+    mine = Path(sys.executable).parent / program  # the venv's bin/, not the resolved link
+    found = shutil.which(program)
+    if mine.is_file():
+        if found and Path(found).resolve() == mine.resolve():
+            return program
+        try:
+            return shlex.quote(str(mine.relative_to(Path.cwd())))
+        except ValueError:
+            return shlex.quote(str(mine))
+    return f"{shlex.quote(sys.executable)} -m {_MODULES[program]}"
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -91,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{' (stopped early)' if result.stopped_early else ''}, by {config.train.monitor}:")
     _print_table({k: v for k, v in best.items() if k != "epoch"})
     print(f"model saved to {result.model_dir}")
-    print(f"next: captioning evaluate --model {result.model_dir}")
+    print(f"next: {_runnable('captioning')} evaluate --model {result.model_dir}")
     return 0
 
 
@@ -157,15 +181,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from captioning.tracking.client import resolve_tracking_uri
 
     where = "" if uri == resolve_tracking_uri(None) else f" --tracking-uri {uri}"
-    print(f"promote it to the model registry: captioning promote --sweep-run "
+    print(f"promote it to the model registry: {_runnable('captioning')} promote --sweep-run "
           f"{result.parent_run_id}{where}")
     # MLflow 3's UI opens on its GenAI pages unless asked for the model-training view.
     page = f"#/experiments/{result.experiment_id}?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         print(f"browse the runs: open {uri.rstrip('/')}/{page}")
     else:
-        print(f"browse the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
-              f"--port 5000, then open http://127.0.0.1:5000/{page}")
+        print(f"browse the runs: {_runnable('mlflow')} ui --backend-store-uri {uri} "
+              f"--host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000/{page}")
     return 0
 
 
@@ -175,7 +199,8 @@ def _resume_command(argv: list[str], sweep_dir: str) -> str:
     argv = [a for a in argv if a != "--resume"]
     if not any(a == "--storage" or a.startswith("--storage=") for a in argv):
         argv += ["--storage", sweep_dir.rsplit("/", 1)[0]]
-    return f"cd {shlex.quote(os.getcwd())} && {shlex.join(['captioning', *argv, '--resume'])}"
+    return (f"cd {shlex.quote(os.getcwd())} && {_runnable('captioning')} "
+            f"{shlex.join([*argv, '--resume'])}")
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -233,8 +258,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
               "no new version")
     print(f"alias {done.alias} -> {done.model_name} version {done.version}")
     uri_of = f"models:/{done.model_name}@{done.alias}"
-    print(f"caption with it: captioning caption --model {uri_of} IMAGE...")
-    print(f"serve it:        mlflow models serve -m {uri_of} --env-manager local "
+    print(f"caption with it: {_runnable('captioning')} caption --model {uri_of} IMAGE...")
+    print(f"serve it:        {_runnable('mlflow')} models serve -m {uri_of} --env-manager local "
           "--host 127.0.0.1 --port 5001")
     return 0
 
@@ -256,13 +281,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if args.verb == "list":
         for name in builtin_names():
             print(f"{name:<12} {describe(name)}")
-        print("\nrun one: captioning sweep --experiment NAME; edit one: captioning experiments "
+        run = _runnable("captioning")
+        print(f"\nrun one: {run} sweep --experiment NAME; edit one: {run} experiments "
               "copy NAME")
         return 0
     copies = copy_experiment(args.name, args.to, force=args.force)
     for dest in copies.values():
         print(f"wrote {dest}")
-    print(f"run it: captioning sweep --experiment {next(iter(copies.values()))}")
+    print(f"run it: {_runnable('captioning')} sweep --experiment {next(iter(copies.values()))}")
     return 0
 
 

@@ -22,6 +22,7 @@ from captioning.errors import TrackingError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_EXPERIMENT_VARIABLE = "MLFLOW_EXPERIMENT_ID"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -47,21 +48,25 @@ def fail_fast(timeout_s: int = 5):
 
 
 @contextmanager
-def using(uri: str):
+def using(uri: str, experiment_id: str | None = None):
     """MLflow's fluent API (log_model, register_model, load_model) on `uri`, tracking and model
-    registry both, for the duration; then the settings there were before.
+    registry both, for the duration; then the settings there were before. With
+    `experiment_id`, what the fluent API creates without an active run (a logged model) goes
+    into that experiment (MLFLOW_EXPERIMENT_ID), not the Default one.
 
     Through MLflow's public setters only. They also export MLFLOW_*_URI to the environment
     (for subprocesses), so the environment is put back as it was; a tracking URI that came
     from the environment is left to it, not pinned. The registry URI then follows the
     tracking URI again (captioning never sets one apart from it).
     """
-    environment = {key: os.environ.get(key) for key in _URI_VARIABLES}
+    environment = {key: os.environ.get(key) for key in (*_URI_VARIABLES, _EXPERIMENT_VARIABLE)}
     before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     if before == environment["MLFLOW_TRACKING_URI"]:
         before = None  # the environment's, restored with it
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if experiment_id is not None:
+        os.environ[_EXPERIMENT_VARIABLE] = experiment_id
     try:
         yield
     finally:

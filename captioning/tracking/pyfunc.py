@@ -166,7 +166,11 @@ def log_captioner(tracking_uri: str, run_id: str, model_dir: Path, step: int) ->
     `step` is the epoch of the kept model: MLflow links that epoch's metrics to the model.
     """
     config = read_model_config(model_dir)
-    with using(tracking_uri), tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
+    # The logged model belongs to its run's experiment (the sweep's), so that the experiment's
+    # Models tab lists it: MLflow would put a model logged without an active run in Default.
+    experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    with using(tracking_uri, experiment_id), \
+            tempfile.TemporaryDirectory(prefix="captioning-model-") as tmp:
         packaged = package(model_dir, Path(tmp) / ARTIFACT)
         bundled = model_files.read_config(packaged)
         # Model.log, not the fluent log_model: it takes the run, so no active run is needed

@@ -46,6 +46,8 @@ MODEL_TRAINING = "custom_model_development"
 PBT_PREFIX = "pbt/"
 CLONES_TAG = "pbt.clones"
 MAX_TAG_CHARS = 8000  # what an MLflow tag value holds
+# A finished trial's run: the kept epoch's scores (best_val_cider, ..., best_epoch).
+KEPT_PREFIX = "best_"
 SEARCH_SPACE_PARAM = "search_space"  # on a sweep's parent run: its space, as JSON
 
 
@@ -217,6 +219,7 @@ class SweepTracker:
         self.client.set_tag(run_id, "epochs_run", str(epochs_run))
         if checkpoint_dir is not None:
             self._log_model(run_id, checkpoint_dir)
+            self._log_kept(run_id, checkpoint_dir)
             samples = checkpoint_dir / model_files.SAMPLES
             if samples.is_file():
                 rows = json.loads(samples.read_text(encoding="utf-8"))
@@ -230,6 +233,17 @@ class SweepTracker:
             if attention.is_file():  # where the attention decoder looked, word by word
                 self.client.log_artifact(run_id, str(attention))
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+
+    def _log_kept(self, run_id: str, checkpoint_dir: Path) -> None:
+        """The kept epoch's validation scores as `best_<metric>` (and `best_epoch`): the runs
+        table's columns that equal what promote ranks by. Its `<metric>` columns are MLflow's
+        latest value, the last epoch's, which early stopping has already passed by."""
+        kept = model_files.read_metrics(checkpoint_dir)
+        step, stamp = int(kept["epoch"]), int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[
+            Metric(f"{KEPT_PREFIX}{name}", float(value), stamp, step)
+            for name, value in kept.items()
+            if name == "epoch" or name in EPOCH_METRICS and name.startswith("val_")])
 
     def _log_sample_grid(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """A picture of validation images with the predicted caption under each."""

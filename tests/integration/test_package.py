@@ -48,10 +48,14 @@ def installed(tmp_path_factory) -> Path:
     return venv
 
 
+def bare_env() -> dict[str, str]:
+    """A user's shell: no virtualenv activated, none of this checkout's settings."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
+
+
 def run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], cwd=cwd, env=env,
+    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], cwd=cwd, env=bare_env(),
                           capture_output=True, text=True, timeout=900)
 
 
@@ -103,7 +107,38 @@ def test_the_quickstart_runs_by_name_from_an_empty_folder_and_promote_needs_no_f
         in swept.stdout
     assert (tmp_path / "data" / "sample" / "captions.txt").is_file()
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "ray_results").is_dir()
-    promoted = run(installed, "captioning", "promote", cwd=tmp_path)
+    # The next steps it prints run as printed, with the virtualenv not activated (make demo).
+    [promote] = [line.split(": ", 1)[1] for line in swept.stdout.splitlines()
+                 if line.startswith("promote it to the model registry: ")]
+    [browse] = [line.split(": ", 1)[1] for line in swept.stdout.splitlines()
+                if line.startswith("browse the runs: ")]
+    assert promote.startswith(f"{installed}/bin/captioning promote --sweep-run ")
+    program, options = browse.split(" ui ", 1)
+    assert options.startswith("--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 ")
+    version = subprocess.run(["bash", "-c", f"{program} --version"], cwd=tmp_path,
+                             env=bare_env(), capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and "version" in version.stdout, version.stderr[-2000:]
+    promoted = subprocess.run(["bash", "-c", promote], cwd=tmp_path, env=bare_env(),
+                              capture_output=True, text=True, timeout=900)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert "scored by val_cider" in promoted.stdout
     assert "registered captioner version 1" in promoted.stdout
+    # The sweep's experiment holds its trials' models, each linked to its run, and each run's
+    # best_val_cider is its kept epoch's: what promote ranked by.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    models = client.search_logged_models([experiment.experiment_id])
+    runs = {r.info.run_id: r for r in client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")}
+    assert len(models) == len(runs) == 2
+    assert {m.source_run_id for m in models} == set(runs)
+    for model in models:
+        kept = {m.key: m for m in model.metrics}["val_cider"]
+        metrics = runs[model.source_run_id].data.metrics
+        assert metrics["best_val_cider"] == kept.value
+        assert metrics["best_epoch"] == kept.step
+    best = max(runs.values(), key=lambda r: r.data.metrics["best_val_cider"])
+    assert f"(run {best.info.run_id}), val_cider " \
+           f"{best.data.metrics['best_val_cider']:.4f}" in promoted.stdout

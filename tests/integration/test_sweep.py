@@ -89,12 +89,22 @@ def test_a_smoke_sweep_logs_a_parent_and_one_nested_child_per_trial(smoke_sweep,
         assert linked["val_cider"].value == max(m.value for m in history)
         assert linked["val_cider"].step == min(m.step for m in history
                                                if m.value == linked["val_cider"].value)
+        # The runs table's best_ columns are that kept epoch's scores (its val_cider column
+        # is the last epoch's).
+        assert run.data.metrics["best_val_cider"] == linked["val_cider"].value
+        assert run.data.metrics["best_val_loss"] == linked["val_loss"].value
+        assert run.data.metrics["best_epoch"] == linked["val_cider"].step
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"val_samples.json", "val_samples.png"} <= artifacts
         # An attention trial shows where it looked for each word of a few captions.
         assert ("attention.png" in artifacts) == (run.data.params["model.decoder"] == "attention")
         assert run.data.tags["early_stopped"] == str(
             int(run.data.tags["epochs_run"]) < SMOKE_EPOCHS).lower()
+    # Each trial's model is in the sweep's experiment (its Models tab), linked to its run
+    # (MLflow puts a model logged without an active run in the Default experiment).
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in runs)
+    assert {m.model_id for m in models} == {r.data.tags[MODEL_TAG] for r in runs}
 
 
 def test_asha_stops_a_trial_whose_first_rung_score_is_below_the_cutoff(
