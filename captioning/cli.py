@@ -100,7 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_experiment(args.experiment, args.overrides)  # no Keras imported yet
     wanted = training_backend(config.train.backend,
                               config.train.epochs + config.train.scst.epochs)
-    if "keras" not in sys.modules:  # Keras fixes its backend when it is first imported
+    # Keras fixes its backend when it is first imported. The command itself sets it; a call
+    # of main() from Python trains on the backend that process has.
+    if args.own_process and "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = wanted
         if wanted != "tensorflow":
             print(f"training on Keras' {wanted} backend (train.backend: "
@@ -298,9 +300,10 @@ COMMANDS = {"sample-data": cmd_sample_data, "prepare": cmd_prepare, "train": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the command itself, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv, args.own_process = argv, own_process
     show_info_logs()
     try:
         return COMMANDS[args.command](args)
