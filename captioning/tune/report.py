@@ -2,10 +2,11 @@
 
 The finished trials of a sweep's parent run, each at its kept epoch (its best sweep.metric),
 become an Optuna study over the sweep's own search space (the parent run's `search_space`
-param), so Optuna's own code does the rest: parameter importances (its default evaluator,
-fANOVA, over the keys every trial drew), the parallel coordinates of the searched keys against
-the metric, and the metric over the trials in the order they started (the optimisation
-history). Beside them, a table of the top trials with sample captions of their kept epoch.
+param), so Optuna's own code does most of the rest: parameter importances (fANOVA, over the
+keys every trial drew; with a caution where fewer than ENOUGH trials trained past the first
+rung), the metric over the trials in the order they started (the optimisation history); the
+parallel coordinates of the searched keys against the metric are drawn here (parallel_
+coordinates). Beside them, a table of the top trials with sample captions of their kept epoch.
 Files go to the parent run under report/ (PNG, and report.md), so they show in MLflow's
 artifact viewer; `captioning report` and the end of `captioning sweep` print the summary.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import tempfile
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ from captioning.tune.search_space import Param, _meets
 log = logging.getLogger(__name__)
 
 TOP = 5  # trials in the table
+ENOUGH = 20  # trials past the first rung below which the importances get a caution
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Trial:
     value: float  # sweep.metric at its kept epoch
     epoch: int
     samples: list[str] = field(default_factory=list)  # predicted captions, kept epoch
+    reported: int = 0  # the last epoch it reported sweep.metric for
 
 
 def _typed(value: str, param: Param) -> Any:
@@ -97,24 +102,21 @@ def trials(client: MlflowClient, sweep: Any, space: dict[str, Param], metric: st
     found = []
     with tempfile.TemporaryDirectory(prefix="captioning-report-") as folder:
         for run in finished_trials(client, sweep):
-            history = [m for m in client.get_metric_history(run.info.run_id, metric)
-                       if math.isfinite(m.value)]
+            logged = client.get_metric_history(run.info.run_id, metric)
+            history = [m for m in logged if math.isfinite(m.value)]
             if not history:
                 continue
             kept = (max if mode == "max" else min)(history, key=lambda m: m.value)
             found.append(Trial(run.info.run_id, run.info.run_name or run.info.run_id,
                                run.info.start_time, _drawn(_ended_with(run, space), space),
                                kept.value, kept.step,
-                               _samples(client, run.info.run_id, Path(folder))))
+                               _samples(client, run.info.run_id, Path(folder)),
+                               max(m.step for m in logged)))
     return sorted(found, key=lambda t: t.started)
 
 
 def _distribution(param: Param) -> Any:
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if param.choice is not None:
         return CategoricalDistribution(param.choice)
@@ -153,33 +155,138 @@ def importances(study: Any) -> dict[str, float]:
 
 def _figures(study: Any, folder: Path, metric: str, weights: dict[str, float]
              ) -> dict[str, Path]:
-    """Optuna's own matplotlib figures of `study`, as PNG files, and its plotly ones in
-    report.html."""
+    """The figures of `study` as PNG files (Optuna's matplotlib history and importances, a
+    row's height a key; our parallel coordinates), and Optuna's plotly ones in report.html."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
-    made = {}
-    charts = {"history.png": lambda: plots.plot_optimization_history(
-        study, target_name=metric),
-              "parallel_coordinates.png": lambda: plots.plot_parallel_coordinate(
-                  study, target_name=metric)}
+    keys = [*weights, *sorted({k for t in study.trials for k in t.params} - set(weights))]
+    charts = {"history.png": (lambda: plots.plot_optimization_history(
+        study, target_name=metric).figure, 5.0),
+              "parallel_coordinates.png": (lambda: parallel_coordinates(study, metric, keys),
+                                           None)}
     if weights:
-        charts["importances.png"] = lambda: plots.plot_param_importances(
-            study, evaluator=_seeded(), target_name=metric)
-    for name, chart in charts.items():
-        with warnings.catch_warnings():
+        charts["importances.png"] = (lambda: plots.plot_param_importances(
+            study, evaluator=_seeded(), target_name=metric).figure,
+            max(3.0, 1.4 + 0.35 * len(weights)))
+    made = {}
+    for name, (chart, height) in charts.items():
+        # Optuna sets the ggplot style for good (plt.style.use): here only for its figure.
+        with warnings.catch_warnings(), plt.style.context("default"):
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            axes = chart()
-        figure = axes.figure
-        figure.set_size_inches(9, 5)
-        figure.tight_layout()
-        figure.savefig(folder / name, dpi=90)
-        matplotlib.pyplot.close(figure)
+            figure = chart()
+            if height is not None:
+                figure.set_size_inches(9, height)
+                figure.tight_layout()
+            figure.savefig(folder / name, dpi=90)
+        plt.close(figure)
         made[name] = folder / name
     made["report.html"] = _interactive(study, folder / "report.html", metric, weights)
     return made
+
+
+_NOT_DRAWN, _MISSING_Y = object(), -0.12  # a `when` key a trial did not draw: under its axis
+
+
+def parallel_coordinates(study: Any, metric: str, keys: list[str]) -> Any:
+    """Each trial a line through its metric and each of `keys`, an axis each, coloured by the
+    metric. An axis spans its key's distribution (loguniform: on a log scale), marked with
+    values as drawn (0.0001, 0.001, 0.01; "not drawn" under it); axes are spaced by what their
+    texts (keys wrapped at their dots) need: the figure widens with the keys, no text overlaps."""
+    from matplotlib import colormaps, style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    maximize = study.direction.name == "MAXIMIZE"
+    trials = sorted((t for t in study.trials if t.value is not None and math.isfinite(t.value)),
+                    key=lambda t: t.value if maximize else -t.value)  # the best drawn last
+    columns = [_column(metric, [t.value for t in trials], None),
+               *(_column(k, [t.params.get(k, _NOT_DRAWN) for t in trials],
+                         next(t.distributions[k] for t in trials if k in t.params))
+                 for k in keys)]
+    with style.context("default"):
+        figure = Figure()
+        renderer, ax = FigureCanvasAgg(figure).get_renderer(), figure.add_axes((0, 0, 1, 1))
+        ax.axis("off")
+        labels = [ax.text(0, 0, c[0], ha="center", va="top", fontsize=8) for c in columns]
+        marks = [[ax.text(0, y, text, ha="left", va="center", fontsize=7, bbox={
+            "fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5}) for y, text in column]
+            for _, _, column in columns]
+
+        def inches(texts: list[Any], side: str = "width") -> float:
+            return max((getattr(t.get_window_extent(renderer), side) / figure.dpi
+                        for t in texts), default=0.0)
+        wide = [inches(column) + 0.2 for column in marks]  # right of an axis
+        half = [inches([label]) / 2 + 0.08 for label in labels]  # either side of it
+        xs = [half[0] + 0.15]
+        for i in range(1, len(columns)):
+            xs.append(xs[-1] + max(0.9, wide[i - 1], half[i - 1] + half[i]))
+        width = max(6.5, xs[-1] + max(wide[-1], half[-1]) + 0.15)  # the title's
+        tall = max(3.2, 0.18 * max(len(column) for column in marks))  # inches from 0 to 1
+        below = 0.25 * tall + inches(labels, "height") + 0.1  # the missing row, the labels
+        figure.set_size_inches(width, below + tall + 0.45)
+        ax.set_xlim(0, width)  # x in inches, y from 0 to 1 over `tall` inches
+        ax.set_ylim(-below / tall, 1 + 0.45 / tall)
+        for x, label, column in zip(xs, labels, marks, strict=True):
+            label.set_position((x, _MISSING_Y - 0.08))
+            ax.plot([x, x], [0, 1], color="0.3", lw=0.8)
+            for mark in column:
+                mark.set_position((x + 0.03, mark.get_position()[1]))
+        for index in range(len(trials)):
+            ys = [column[1][index] for column in columns]
+            ax.plot(xs, ys, color=colormaps["viridis"](ys[0] if maximize else 1 - ys[0]),
+                    alpha=0.8, lw=2.4 if index == len(trials) - 1 else 1.0)
+        ax.text(width / 2, 1 + 0.28 / tall, f"Parallel coordinates: each trial a line, coloured"
+                f" by {metric} (brighter: better; the best thickest)", ha="center", fontsize=9)
+    return figure
+
+
+def _column(key: str, values: list[Any], distribution: Any
+            ) -> tuple[str, list[float], list[tuple[float, str]]]:
+    """An axis: its label, each trial's height on it (0 to 1), its marks (height, text);
+    `distribution` None: the metric's own axis, over the values it took."""
+    from matplotlib.ticker import MaxNLocator
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    label = "\n".join(line.replace(". ", ".") for line in textwrap.wrap(
+        key.replace(".", ". "), 19, break_long_words=False))  # after its dots
+    if isinstance(distribution, CategoricalDistribution):
+        choices = distribution.choices
+        spot = {c: i / max(1, len(choices) - 1) for i, c in enumerate(choices)}
+        marks, where = [(spot[c], _short(c, 20)) for c in choices], spot.__getitem__
+    else:
+        log = distribution is not None and distribution.log
+        scale = math.log10 if log else float
+        low, high = (distribution.low, distribution.high) if distribution is not None else (
+            min(values), max(values))
+        if low == high:  # one value of the metric: it in the middle
+            low, high = low - (abs(low) * 0.05 or 0.5), high + (abs(high) * 0.05 or 0.5)
+
+        def where(value: Any) -> float:
+            return (scale(value) - scale(low)) / (scale(high) - scale(low))
+        if log:  # powers of ten, and their 2x and 5x within two decades
+            subs = (1, 2, 5) if high / low < 100 else (1,)
+            candidates = [m * 10.0 ** k for k in range(math.floor(math.log10(low)),
+                                                       math.ceil(math.log10(high)) + 1)
+                          for m in subs]
+        else:
+            candidates = list(MaxNLocator(4, integer=isinstance(
+                distribution, IntDistribution)).tick_values(low, high))
+        kept = [low, high]
+        for value in candidates:
+            if 0 <= where(value) <= 1 and all(abs(where(value) - where(other)) > 0.08
+                                              for other in kept):
+                kept.append(value)
+        marks = sorted((where(v), _short(int(v) if isinstance(distribution, IntDistribution)
+                                           else v)) for v in kept)
+        label += "\n(log scale)" if log else ""
+    ys = [_MISSING_Y if v is _NOT_DRAWN else where(v) for v in values]
+    if any(v is _NOT_DRAWN for v in values):
+        marks.append((_MISSING_Y, "not drawn"))
+    return label, ys, marks
 
 
 def _interactive(study: Any, path: Path, metric: str, weights: dict[str, float]) -> Path:
@@ -210,11 +317,27 @@ def _seeded() -> Any:
     return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
-def markdown(found: list[Trial], weights: dict[str, float], metric: str, mode: str) -> str:
+def caution(found: list[Trial], params: dict[str, str]) -> str:
+    """Where fewer than ENOUGH trials trained past the scheduler's first rung (ASHA's
+    grace_period, read from the parent run's `scheduler` param; any other scheduler: past
+    their first epoch), a sentence saying how few the importances rest on; else ""."""
+    asha = re.match(r"ASHA\(.*\bgrace_period=(\d+)", params.get("scheduler", ""))
+    rung = int(asha.group(1)) if asha else 1
+    past = sum(t.reported > rung for t in found)
+    where = f"ASHA's first rung (grace_period: {rung} epoch(s))" if asha else "their first epoch"
+    return "" if past >= ENOUGH else (
+        f"Caution: these importances rest on {len(found)} trial(s), {past} of them trained "
+        f"past {where}: with fewer than {ENOUGH} trials past it, they are a hint, not a "
+        "finding.")
+
+
+def markdown(found: list[Trial], weights: dict[str, float], metric: str, mode: str,
+             note: str = "") -> str:
     best = sorted(found, key=lambda t: t.value, reverse=mode == "max")[:TOP]
     lines = [f"# Sweep report: {len(found)} finished trials, ranked by {metric} ({mode})", ""]
     if weights:
-        lines += ["## Parameter importances (Optuna, fANOVA)", "", "| key | importance |",
+        lines += ["## Parameter importances (Optuna, fANOVA)", "", *([note, ""] if note else []),
+                  "| key | importance |",
                   "| --- | ---: |", *(f"| {k} | {v:.3f} |" for k, v in weights.items()), ""]
     lines += [f"## Top {len(best)} trials", "", f"| trial | {metric} | epoch | drawn | "
               "sample captions (kept epoch) |", "| --- | ---: | ---: | --- | --- |"]
@@ -225,8 +348,9 @@ def markdown(found: list[Trial], weights: dict[str, float], metric: str, mode: s
     return "\n".join(lines) + "\n"
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def _short(value: Any, most: int = 6000) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= most else text[:most - 1] + "\u2026"
 
 
 @dataclass
@@ -251,10 +375,12 @@ def make_report(tracking_uri: str, *, sweep_run: str | None = None,
     found = trials(client, sweep, space, metric, mode)
     study = study_of(found, space, mode) if found else None
     weights = importances(study) if study is not None else {}
+    note = caution(found, params) if weights else ""
     with tempfile.TemporaryDirectory(prefix="captioning-report-") as tmp:
         folder = Path(tmp)
         files = _figures(study, folder, metric, weights) if study is not None else {}
-        (folder / "report.md").write_text(markdown(found, weights, metric, mode), "utf-8")
+        (folder / "report.md").write_text(markdown(found, weights, metric, mode, note),
+                                           "utf-8")
         files["report.md"] = folder / "report.md"
         for path in files.values():
             client.log_artifact(sweep.info.run_id, str(path), "report")
@@ -266,6 +392,8 @@ def make_report(tracking_uri: str, *, sweep_run: str | None = None,
                        + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()) + ")")
     if weights:
         summary.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()))
+    if note:
+        summary.append(note)
     summary.append(f"report files: {', '.join(sorted(files))} (the parent run's report/ "
                    "folder in the MLflow UI)")
     return Report(sweep.info.run_id, found, weights, sorted(files), summary)

@@ -15,7 +15,7 @@ from captioning.config.loading import load_experiment
 from captioning.config.shipped import builtin_path
 from captioning.tracking.runs import SweepTracker, flatten, recorded_search_space
 from captioning.tune import search_space as spaces
-from captioning.tune.report import make_report
+from captioning.tune.report import Trial, caution, make_report
 from captioning.tune.search_space import Param
 
 # Three trials of the default space: a transformer that ties its embeddings, a frozen ResNet50
@@ -98,3 +98,68 @@ def test_the_report_of_a_default_space_sweep_reads_its_null_and_boolean_choices(
     for key in ("model.decoder=merge", "encoder.name=resnet50",
                 "model.transformer.tie_embeddings=True", "embedding=learned"):
         assert key in text
+
+
+def test_the_report_says_in_words_how_few_trials_its_importances_rest_on(default_sweep):
+    # Three trials of one epoch each, of a sweep whose scheduler its run does not name: the
+    # importances rest on trials none of which trained past its first epoch.
+    report = make_report(default_sweep["uri"], sweep_run=default_sweep["parent"])
+    said = ("Caution: these importances rest on 3 trial(s), 0 of them trained past their "
+            "first epoch: with fewer than 20 trials past it, they are a hint, not a finding.")
+    assert report.importances
+    assert said in report.summary  # what `captioning report` prints
+    assert report.summary.index(said) == report.summary.index(
+        next(line for line in report.summary if line.startswith("importance: "))) + 1
+    client = MlflowClient(default_sweep["uri"])
+    text = Path(client.download_artifacts(default_sweep["parent"], "report/report.md")
+                ).read_text("utf-8")
+    heading = text.index("## Parameter importances")
+    assert heading < text.index(said) < text.index("| key | importance |")
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(mlflow_server: str) -> dict[str, Any]:
+    """A finished ASHA sweep (grace_period 2) of the quickstart space: of its four trials,
+    two trained past the first rung (4 and 3 epochs), two were stopped at it (2 epochs)."""
+    from captioning.tune import strategy
+
+    base = load_experiment("quickstart")
+    space = spaces.load_search_space(builtin_path("quickstart", "search_spaces"), base)
+    sweep = base.sweep.model_copy(update={"scheduler": "asha", "grace_period": 2})
+    tracker = SweepTracker(mlflow_server, "report-of-an-asha-sweep")
+    parent = tracker.start_parent("asha", "/nowhere/asha", {
+        "search_space": space.to_dict(), "metric": "val_cider", "mode": "max",
+        **strategy.describe(sweep, 0, 4, space)}, files={})
+    for index, epochs in enumerate([4, 2, 3, 2]):
+        drawn = draw(space, {}, index)
+        run_id = tracker.trial_run(f"trial_{index}", f"trial {index}",
+                                   flatten(spaces.apply(base.to_dict(), drawn).to_dict()))
+        for epoch in range(1, epochs + 1):
+            tracker.log_epoch(run_id, {"epoch": epoch, "val_cider": 0.1 * epoch + 0.01 * index})
+        tracker.finish_trial(run_id, None, epochs_run=epochs, max_epochs=4)
+    return {"uri": mlflow_server, "parent": parent}
+
+
+def test_the_caution_counts_the_trials_past_ashas_first_rung(asha_sweep):
+    report = make_report(asha_sweep["uri"], sweep_run=asha_sweep["parent"])
+    assert [t.reported for t in report.trials] == [4, 2, 3, 2]
+    said = ("Caution: these importances rest on 4 trial(s), 2 of them trained past ASHA's "
+            "first rung (grace_period: 2 epoch(s)): with fewer than 20 trials past it, they "
+            "are a hint, not a finding.")
+    assert report.importances
+    assert said in report.summary
+    text = Path(MlflowClient(asha_sweep["uri"]).download_artifacts(
+        asha_sweep["parent"], "report/report.md")).read_text("utf-8")
+    assert said in text
+
+
+def test_twenty_trials_past_the_first_rung_need_no_caution():
+    scheduler = {"scheduler": "ASHA(max_t=10, grace_period=2, reduction_factor=2)"}
+    trials = [Trial(str(i), f"trial {i}", i, {}, 0.5, 3, reported=3) for i in range(20)]
+    assert caution(trials, scheduler) == ""
+    assert "20 trial(s), 19 of them trained past ASHA's first rung" in caution(
+        [*trials[:19], Trial("x", "x", 0, {}, 0.5, 2, reported=2)], scheduler)
+    # Any other scheduler (FIFO, PBT, HyperBand): past a trial's first epoch.
+    assert "1 trial(s), 0 of them trained past their first epoch" in caution(
+        [Trial("x", "x", 0, {}, 0.5, 1, reported=1)], {"scheduler": "FIFO (no early stopping)"})
+    assert caution(trials, {}) == ""
