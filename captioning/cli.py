@@ -20,7 +20,7 @@ from pathlib import Path
 
 from captioning.arguments import build_parser
 from captioning.errors import CaptioningError, ConfigError
-from captioning.log import show_info_logs
+from captioning.log import quiet_start_up, show_info_logs
 
 
 def _print_table(rows: dict[str, object]) -> None:
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv, args.own_process = argv, own_process
     show_info_logs()
+    if own_process:  # TF_CPP_MIN_LOG_LEVEL is this process's, and its children's, to set
+        quiet_start_up()
     try:
         return COMMANDS[args.command](args)
     except CaptioningError as error:

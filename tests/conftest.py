@@ -105,8 +105,20 @@ def cli(*args: str) -> list[str]:
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a `captioning` subprocess: this one's (with the tests' feature
-    cache), this checkout importable, and `extra`."""
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    cache) without a TensorFlow log level (the command's own, as a user who sets none has
+    it), this checkout importable, and `extra`."""
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
+# What TensorFlow writes as it starts (captioning/log.py keeps it out of a command's output).
+START_UP_NOISE = ("absl::InitializeLog", "cuInit", "oneDNN", "cudart_stub")
+
+
+def start_up_noise(result: subprocess.CompletedProcess) -> list[str]:
+    """The lines of TensorFlow's start-up noise in a command's output, stdout and stderr."""
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if any(noise in line for noise in START_UP_NOISE)]
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,

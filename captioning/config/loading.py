@@ -144,6 +144,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.lstm_units=128")
         node = result
         parts = key.split(".")
+        if "" in parts:
+            what = ("starts with a dot" if not parts[0] else "ends with a dot" if not parts[-1]
+                    else "has two dots with nothing between them")
+            raise ConfigError(f"--set {item!r}: the key {key} {what}; a key is names joined "
+                              "by single dots, e.g. model.lstm_units=128")
         for part in parts[:-1]:
             if node.get(part) is None:  # an optional section that is unset (encoder.fine_tune)
                 node[part] = {}

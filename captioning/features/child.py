@@ -22,7 +22,7 @@ import numpy as np
 from captioning.config.encoder import EncoderConfig
 from captioning.errors import ConfigError
 from captioning.features.extract import extract
-from captioning.log import show_info_logs
+from captioning.log import quiet_start_up, show_info_logs
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def extract_on_tensorflow(encoder_config: EncoderConfig, image_dir: Path,
 def main(folder: Path) -> int:
     """The child side of `extract_on_tensorflow`: request.json in, arrays and JSON out."""
     show_info_logs()
+    quiet_start_up()  # at the level the command set, or its user did
     request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
     grid_path = Path(request["grid_path"]) if request["grid_path"] else None
     try:

@@ -13,7 +13,7 @@ from captioning.cli import main
 from captioning.data.dataset import load_dataset
 from captioning.data.sample import draw_sample_dataset
 from captioning.evaluation.scores import caption_scores
-from conftest import run_cli
+from conftest import run_cli, start_up_noise
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     trained = run_cli("train", "--experiment", "experiments/quickstart.yaml", *overrides,
                   "--output", str(work / "model"))
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert start_up_noise(trained) == []  # TensorFlow's and JAX's are not ours to print
     return {"data": data, "model": work / "model", "work": work, "train_out": trained.stdout}
 
 
@@ -43,6 +44,7 @@ def test_sample_data_command_draws_the_kaggle_layout(trained):
 def test_prepare_prints_the_dataset_statistics_of_the_seed_slide(trained):
     result = run_cli("prepare", "--set", f"data.root={trained['data']}")
     assert result.returncode == 0, result.stderr
+    assert start_up_noise(result) == []
     out = result.stdout
     for label in ("images", "captions per image", "longest caption (words)", "vocabulary",
                   "skipped: 0 image(s)"):
@@ -80,6 +82,7 @@ def test_trained_captions_beat_the_most_frequent_caption_baseline_on_bleu4(train
 def test_beam_search_evaluation_runs_and_scores(trained):
     result = run_cli("evaluate", "--model", str(trained["model"]), "--beam", "3")
     assert result.returncode == 0, result.stderr
+    assert start_up_noise(result) == []
     assert "beam 3" in result.stdout and "cider" in result.stdout
 
 
@@ -95,6 +98,7 @@ def test_caption_handles_common_formats_and_reports_an_unreadable_file(trained, 
     result = run_cli("caption", str(source), str(png), str(broken), str(grey),
                  "--model", str(trained["model"]))
     assert result.returncode == 1
+    assert start_up_noise(result) == []
     lines = dict(line.split("\t") for line in result.stdout.splitlines())
     assert set(lines) == {str(source), str(png), str(grey)}
     assert all(caption.strip() for caption in lines.values())

@@ -109,6 +109,18 @@ def test_a_set_value_that_is_not_yaml_names_the_override():
         "'<stream end>')")
 
 
+@pytest.mark.parametrize(("key", "what"), [
+    ("model..lstm_units", "has two dots with nothing between them"),
+    (".model.lstm_units", "starts with a dot"),
+    ("model.lstm_units.", "ends with a dot"),
+])
+def test_a_set_key_with_an_empty_name_between_its_dots_names_the_whole_key(key, what):
+    # Before: `model.: unknown key`, `(top level): unknown key`, `lstm_units is not a section`.
+    assert refused(load_experiment, None, [f"{key}=3"]) == (
+        f"--set '{key}=3': the key {key} {what}; a key is names joined by single dots, e.g. "
+        "model.lstm_units=128")
+
+
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
 def test_a_number_that_is_not_finite_is_refused(value):
     assert refused(load_experiment, None, [f"train.learning_rate={value}"]).endswith(

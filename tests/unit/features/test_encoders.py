@@ -22,7 +22,7 @@ from captioning.features.encoders import (
     preprocessing,
     snake_name,
 )
-from conftest import run_cli
+from conftest import run_cli, start_up_noise
 
 FAMILIES = ["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
             *[f"efficientnet_b{i}" for i in range(8)], "efficientnet_v2_b0", "efficientnet_v2_s",
@@ -162,3 +162,4 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_line_saying_what_to_
                          "(encoder.weights: /path/to.h5) or random weights (encoder.weights: "
                          "none)")
     assert "Traceback" not in result.stderr
+    assert start_up_noise(result) == []

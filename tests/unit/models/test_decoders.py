@@ -19,7 +19,7 @@ from captioning.inference.captioner import Captioner
 from captioning.inference.evaluate import evaluate_model
 from captioning.tracking.pyfunc import ARTIFACT, CODE, input_example, package, signature
 from captioning.training.train import train_captioner
-from conftest import run_cli
+from conftest import run_cli, start_up_noise
 
 pytestmark = pytest.mark.slow
 GRID_DECODERS = ["attention", "transformer"]
@@ -95,6 +95,7 @@ def test_caption_draws_where_the_attention_decoder_looked_for_each_word(trained,
         assert "does not say where it looks; the attention decoder does" in result.stderr
         return
     assert result.returncode == 0, result.stderr[-2000:]
+    assert start_up_noise(result) == []
     path, caption, drawn = result.stdout.strip().split("\t")
     assert path == str(image) and drawn == f"(attention: {out})"
     words = caption.split()
