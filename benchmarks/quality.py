@@ -62,10 +62,13 @@ from captioning.training.train import train_captioner  # noqa: E402
 def base_config(args: argparse.Namespace, keep_one_letter_words: bool, cache: Path
                 ) -> ExperimentConfig:
     """The seed's recipe on `args`' data, encoder and embedding."""
-    encoder = {"name": args.encoder, "weights": args.weights, "cache_dir": str(cache),
-               "batch_size": 64, "keep_grid": args.decoders != ["merge"]}
+    encoder = {"name": args.encoder, "weights": args.weights,
+               "cache_dir": str(args.cache_dir or cache), "batch_size": 64,
+               "keep_grid": args.decoders != ["merge"]}
     if args.alpha is not None:
         encoder["alpha"] = args.alpha
+    if args.model is not None:  # a saved Keras model (MobileNetV2, EfficientNet-Lite0)
+        encoder.update(model=str(args.model), preprocess=args.preprocess)
     return parse_config({
         "name": "quality", "data": {"root": str(args.data_root),
                                     "keep_one_letter_words": keep_one_letter_words},
@@ -172,6 +175,13 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=None)
     parser.add_argument("--weights", default="imagenet",
                         help="imagenet, none, or a weights file")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a saved Keras encoder (encoder.model); --encoder is its label")
+    parser.add_argument("--preprocess", default=None,
+                        help="with --model: tf, torch, caffe, none or a built-in encoder's name")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="the feature cache (default: a new temporary one, so the "
+                             "extraction is timed from empty)")
     parser.add_argument("--embedding", default="spacy:en_core_web_md")
     parser.add_argument("--epochs", type=int, default=30, help="at most (default 30)")
     parser.add_argument("--patience", type=int, default=5)

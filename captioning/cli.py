@@ -179,6 +179,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               + table(result.pareto, list(config.sweep.objectives or {})), end="")
     if result.report:  # also in the parent run's report/ folder
         print("report: " + "\n  ".join(result.report[1:]))
+    if result.confirm_table:  # sweep.confirm, also in the parent run's confirm/ folder
+        print(f"confirmed with new seeds, by the mean of their kept {config.sweep.metric} "
+              f"(promote ranks by it):\n" + result.confirm_table, end="")
     uri = result.tracking_uri
     from captioning.tracking.client import resolve_tracking_uri
 
@@ -251,7 +254,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
                    at_most=dict(args.max), at_least=dict(args.min))
     print(f"sweep {done.sweep} (MLflow run {done.sweep_run_id}): {done.candidates} finished "
           f"trial(s) scored by {done.metric}")
-    print(f"best: trial {done.trial_id} (run {done.run_id}), {done.metric} {done.value:.4f}")
+    if done.confirmed:  # sweep.confirm: ranked by the mean over the confirmation seeds
+        c = done.confirmed
+        print(f"best by the mean {done.metric} over seeds {', '.join(map(str, c['seeds']))}: "
+              f"the configuration of search trial {c['confirms']}, {c['mean']:.4f} (std "
+              f"{c['std']:.4f}, 95% interval {c['low']:.4f} .. {c['high']:.4f}); its seed "
+              f"{c['seed']} (run {done.run_id}, {c['seed_value']:.4f}) is promoted; means:")
+    else:
+        print(f"best: trial {done.trial_id} (run {done.run_id}), {done.metric} "
+              f"{done.value:.4f}")
     _print_table(done.metrics)
     if done.created:
         print(f"registered {done.model_name} version {done.version}")

@@ -58,6 +58,17 @@ class PbtConfig(Section):
     synch: bool = False
 
 
+class ConfirmConfig(Section):
+    """sweep.confirm: when the search ends, train its `top` best distinct configurations again
+    with `seeds` new train.seeds each (train.seed + 1, ..., + seeds), and rank them by the mean
+    of those runs' kept validation scores: one validation number on a few hundred photos moves
+    by a few hundredths of CIDEr-D between seeds, so the search's best trial is partly luck
+    (tune/confirm.py)."""
+    top: Annotated[StrictInt, Field(ge=1), at_most(100, "configurations confirmed")] = 3
+    # Two at least: one seed gives no spread.
+    seeds: Annotated[StrictInt, Field(ge=2), at_most(100, "seeds per configuration")] = 3
+
+
 class SweepConfig(Section):
     # Relative to the experiment file that names it; the default is the built-in default.yaml.
     search_space: Path = Field(default_factory=lambda: builtin_path("default", "search_spaces"))
@@ -90,6 +101,8 @@ class SweepConfig(Section):
                                 at_most(100, "ASHA keeps 1 in this many")] = 2
     max_failures: Annotated[StrictInt, Field(ge=0), at_most(100, "retries of a failing trial")] = 2
     resources: ResourcesConfig = ResourcesConfig()
+    # Off (None) by default: {top: K, seeds: N} trains the K best configurations N more times.
+    confirm: ConfirmConfig | None = None
     # None = $MLFLOW_TRACKING_URI, else a local SQLite store (sqlite:///mlflow.db).
     tracking_uri: str | None = None
     # None = ./ray_results; on a cluster, a shared file system path or an s3:// / gs:// URI.

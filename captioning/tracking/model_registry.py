@@ -24,9 +24,12 @@ from mlflow.exceptions import MlflowException
 
 from captioning.config.metrics import mode_of
 from captioning.errors import RegistryError, first_line
+from captioning.evaluation.spread import spread
 from captioning.tracking.client import check_reachable, check_store_exists, using
 from captioning.tracking.pyfunc import ARTIFACT
 from captioning.tracking.runs import (
+    CONFIRM_SEED_TAG,
+    CONFIRMS_TAG,
     MODEL_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -56,6 +59,9 @@ class Promotion:
     value: float
     metrics: dict[str, float]  # the scores of the promoted model (its kept epoch)
     candidates: int  # finished trials with a logged model and the metric
+    # A sweep with sweep.confirm: the promoted configuration's mean over its confirmation
+    # seeds (value and metrics are then means), its spread, seeds and search trial.
+    confirmed: dict[str, Any] | None = None
 
 
 def find_sweep(client: MlflowClient, experiment: str | None, sweep_run: str | None) -> Any:
@@ -116,10 +122,33 @@ def _candidates(client: MlflowClient, sweep: Any, metric: str
     return found, models, seen
 
 
-def _meeting(found: list[dict], bounds: dict[tuple[str, str], float], sweep: str
-             ) -> list[dict]:
+def _confirmed(found: list[dict], metric: str) -> list[dict]:
+    """sweep.confirm's candidates grouped by the configuration they confirm (CONFIRMS_TAG),
+    each group with the mean of every kept score all its seeds have, and the spread of
+    `metric`: [{confirms, seeds: [candidate + seed], metrics: means, spread, start}]; empty
+    for a sweep without confirmation runs."""
+    grouped: dict[str, list[dict]] = {}
+    for candidate in found:
+        tags = candidate["run"].data.tags
+        if CONFIRMS_TAG in tags:
+            seed = int(tags.get(CONFIRM_SEED_TAG, -1))
+            grouped.setdefault(tags[CONFIRMS_TAG], []).append({**candidate, "seed": seed})
+    groups = []
+    for confirms, seeds in grouped.items():
+        seeds.sort(key=lambda c: c["seed"])
+        names = set.intersection(*(set(c["metrics"]) for c in seeds))
+        means = {k: spread([c["metrics"][k] for c in seeds]).mean for k in sorted(names)}
+        groups.append({"confirms": confirms, "seeds": seeds, "metrics": means,
+                       "spread": spread([c["metrics"][metric] for c in seeds]).to_dict(),
+                       "start": min(c["run"].info.start_time for c in seeds)})
+    return groups
+
+
+def _meeting(found: list[dict], bounds: dict[tuple[str, str], float], sweep: str,
+             what: str = "finished trial") -> list[dict]:
     """The candidates whose kept epoch meets every bound ((metric, "max"): at most the value,
-    "min": at least); a RegistryError saying how near the trials came when none does."""
+    "min": at least); a RegistryError saying how near the trials came when none does. With
+    sweep.confirm the candidates are configurations and their metrics the means."""
     kept = found
     for (key, side), bound in bounds.items():
         values = [c["metrics"][key] for c in kept if key in c["metrics"]]
@@ -128,19 +157,27 @@ def _meeting(found: list[dict], bounds: dict[tuple[str, str], float], sweep: str
                       c["metrics"][key] >= bound)]
         if not meets:
             flag, word = ("--max", "lowest") if side == "max" else ("--min", "highest")
-            nearest = (f"the {word} of the {len(values)} trial(s) left is "
+            nearest = (f"the {word} of the {len(values)} {what.split()[-1]}(s) left is "
                        f"{(min if side == 'max' else max)(values):.4g}" if values
                        else f"no trial left has {key} (an older sweep?)")
-            raise RegistryError(f"{flag} {key}={bound:g}: no finished trial of {sweep} meets "
+            raise RegistryError(f"{flag} {key}={bound:g}: no {what} of {sweep} meets "
                                 f"it{' and the bounds before it' if kept is not found else ''}"
                                 f"; {nearest}")
         kept = meets
     return kept
 
 
-def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict) -> str:
+def _describe(sweep: Any, best: dict, metric: str, mode: str, config: dict,
+              confirmed: dict | None = None) -> str:
     run = best["run"]
     scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(best["metrics"].items()))
+    if confirmed is not None:
+        scores = (f"Confirmed: the configuration of search trial `{confirmed['confirms']}`, "
+                  f"best of {confirmed['configurations']} by the mean {metric} over seeds "
+                  f"{', '.join(str(s) for s in confirmed['seeds'])}: {confirmed['mean']:.4f} "
+                  f"(std {confirmed['std']:.4f}, 95% interval {confirmed['low']:.4f} .. "
+                  f"{confirmed['high']:.4f}); this version is its seed {confirmed['seed']} "
+                  f"({confirmed['seed_value']:.4f}). Means over the seeds:\n\n{scores}")
     return (f"Best trial `{run.data.tags.get(TRIAL_TAG, '?')}` of sweep "
             f"`{sweep.data.tags.get(SWEEP_TAG)}` (parent run `{sweep.info.run_id}`) by "
             f"{metric} ({mode}). Source run: `{run.info.run_id}` ({run.info.run_name}).\n\n"
@@ -190,10 +227,25 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
         raise RegistryError(f"--metric {metric}: no finished trial of sweep {name} (run "
                             f"{sweep.info.run_id}) has a value for it; their models have: "
                             f"{', '.join(sorted(seen)) or 'no metrics'}")
-    found = _meeting(found, bounds, f"sweep {name} (run {sweep.info.run_id})")
-    # Best value; of equal ones, the trial that started first (deterministic).
     sign = 1 if mode == "max" else -1
-    best = max(found, key=lambda c: (sign * c["metrics"][metric], -c["run"].info.start_time))
+    groups = _confirmed(found, metric)
+    if groups:  # sweep.confirm: configurations ranked by their mean over the new seeds
+        groups = _meeting(groups, bounds, f"sweep {name} (run {sweep.info.run_id})",
+                          "confirmed configuration")
+        group = max(groups, key=lambda g: (sign * g["metrics"][metric], -g["start"]))
+        best = max(group["seeds"], key=lambda c: (sign * c["metrics"][metric],
+                                                  -c["run"].info.start_time))
+        confirmed = {**group["spread"], "seeds": [c["seed"] for c in group["seeds"]],
+                     "confirms": group["confirms"], "configurations": len(groups),
+                     "seed": best["seed"], "seed_value": best["metrics"][metric]}
+        best = {**best, "metrics": group["metrics"]}
+        found = groups
+    else:
+        found = _meeting(found, bounds, f"sweep {name} (run {sweep.info.run_id})")
+        # Best value; of equal ones, the trial that started first (deterministic).
+        best = max(found, key=lambda c: (sign * c["metrics"][metric],
+                                         -c["run"].info.start_time))
+        confirmed = None
     run, model = best["run"], best["model"]
 
     existing = [v for v in client.search_model_versions(f"name = '{model_name}'")
@@ -207,11 +259,19 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
                 "sweep": name, "sweep_run_id": sweep.info.run_id,
                 "source_run_id": run.info.run_id, "metric": metric, "mode": mode,
                 **{k: f"{v:.6g}" for k, v in best["metrics"].items()}, **searched}
+        if confirmed is not None:  # the metric values above are the means over the seeds
+            tags.update({"confirm.mean": f"{confirmed['mean']:.6g}",
+                         "confirm.std": f"{confirmed['std']:.6g}",
+                         "confirm.ci95": f"{confirmed['ci95']:.6g}",
+                         "confirm.seeds": ",".join(str(s) for s in confirmed["seeds"]),
+                         "confirm.of_trial": confirmed["confirms"],
+                         "confirm.seed": str(confirmed["seed"]),
+                         "confirm.seed_value": f"{confirmed['seed_value']:.6g}"})
         with using(tracking_uri):
             version = mlflow.register_model(f"models:/{model.model_id}", model_name, tags=tags)
         version = client.update_model_version(
             model_name, version.version,
-            description=_describe(sweep, best, metric, mode, run.data.params))
+            description=_describe(sweep, best, metric, mode, run.data.params, confirmed))
         created = True
     if not client.get_registered_model(model_name).description:
         client.update_registered_model(
@@ -220,7 +280,7 @@ def _promote(client: MlflowClient, tracking_uri: str, experiment: str | None,
     client.set_registered_model_alias(model_name, alias, version.version)
     return Promotion(model_name, str(version.version), alias, created, name, sweep.info.run_id,
                      run.data.tags.get(TRIAL_TAG, ""), run.info.run_id, model.model_id, metric,
-                     float(best["metrics"][metric]), best["metrics"], len(found))
+                     float(best["metrics"][metric]), best["metrics"], len(found), confirmed)
 
 
 def _logged_model_uri(model: str, tracking_uri: str) -> str:

@@ -48,6 +48,11 @@ CLONES_TAG = "pbt.clones"
 MAX_TAG_CHARS = 8000  # what an MLflow tag value holds
 # A finished trial's run: the kept epoch's scores (best_val_cider, ..., best_epoch).
 KEPT_PREFIX = "best_"
+# On a confirmation run (tune/confirm.py): the search trial whose configuration it trains
+# again, that configuration (JSON), and its own train.seed.
+CONFIRMS_TAG = "captioning.confirms"
+CONFIRM_DRAW_TAG = "captioning.confirm_draw"
+CONFIRM_SEED_TAG = "captioning.confirm_seed"
 SEARCH_SPACE_PARAM = "search_space"  # on a sweep's parent run: its space, as JSON
 
 
@@ -161,9 +166,10 @@ class SweepTracker:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
     def trial_run(self, trial_id: str, name: str, params: Mapping[str, Any],
-                  dataset: DatasetInput | None = None) -> str:
-        """The child run of a trial: found again on resume or retry, so every trial shows
-        once."""
+                  dataset: DatasetInput | None = None, tags: Mapping[str, str] | None = None
+                  ) -> str:
+        """The child run of a trial (with `tags`): found again on resume or retry, so every
+        trial shows once."""
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
@@ -175,7 +181,8 @@ class SweepTracker:
         else:
             run_id = self.client.create_run(
                 self.experiment_id, run_name=name,
-                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id}
+                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial_id,
+                      **(tags or {})}
             ).info.run_id
         self.log_params(run_id, params)  # again if found: a retry may have been cut short
         if dataset is not None and not found:

@@ -44,7 +44,7 @@ from captioning.tracking.runs import (
 )
 from captioning.training.backend import training_backend
 from captioning.training.prepare import ensure_data
-from captioning.tune import pareto, strategy
+from captioning.tune import confirm, pareto, strategy
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
@@ -76,6 +76,9 @@ class SweepResult:
     # (tune/pareto.py); empty for one metric.
     pareto: list[dict[str, Any]] = field(default_factory=list)
     report: list[str] = field(default_factory=list)  # the report's summary (tune/report.py)
+    # sweep.confirm's configurations, best mean first (tune/confirm.py: rank); empty if off.
+    confirmation: list[dict[str, Any]] = field(default_factory=list)
+    confirm_table: str = ""  # the same as a markdown table (confirm/confirm.md)
 
 
 def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[str, Any] | None:
@@ -156,13 +159,20 @@ def run_sweep(config: ExperimentConfig, *, experiment_path: Path | None = None,
     unfinished = config.sweep.num_samples - sum(
         finished(result.metrics, result.error is not None, trial_epochs(base, result.config))
         for result in results)
+    confirmation = None
+    if unfinished <= 0 and config.sweep.confirm is not None:  # sweep.confirm: tune/confirm.py
+        keep_only_latest(results)
+        confirmation = confirm.run(function, config, results, storage_path, [MlflowTrials(
+            uri, config.name, tracker.parent_run_id, base, dataset_input(dataset))],
+            base, lambda tuner: _fit(tuner, tracker), say)
+        unfinished = confirmation.unfinished
     if unfinished > 0:
         tracker.interrupted()
         return SweepResult(sweep_dir, uri, tracker.parent_run_id, None, len(results),
                            results.num_errors, [], interrupted=unfinished,
                            experiment_id=tracker.experiment_id)
     keep_only_latest(results)
-    return _summarise(results, config, tracker, sweep_dir)
+    return _summarise(results, config, tracker, sweep_dir, confirmation)
 
 
 def random_search_note(sweep: SweepConfig) -> str:
@@ -322,8 +332,8 @@ def _fit(tuner: tune.Tuner, tracker: SweepTracker) -> Any:
             signal.signal(signal.SIGINT, sigint)
 
 
-def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sweep_dir: str
-               ) -> SweepResult:
+def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sweep_dir: str,
+               confirmation: confirm.Confirmation | None = None) -> SweepResult:
     """The best trial and every trial's timeline; the parent run gets the best trial and a
     plot of the metric against each searched key, and is marked finished."""
     metric, mode = config.sweep.metric, config.sweep.mode
@@ -361,7 +371,11 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
             figure = pareto_plot(front, dict(objectives), Path(folder) / "pareto.png")
             if figure is not None:
                 files["pareto.png"] = figure
+        confirmed = confirm.write(confirmation.rows, metric, Path(folder)) \
+            if confirmation is not None else {}
         with tracking_failure(tracker.uri, ended):
+            for path in confirmed.values():
+                tracker.client.log_artifact(tracker.parent_run_id, str(path), "confirm")
             tracker.finish_parent(best, plot, pareto=files)
     summary = []
     with tracking_failure(tracker.uri, ended):
@@ -375,4 +389,7 @@ def _summarise(results: Any, config: ExperimentConfig, tracker: SweepTracker, sw
                         tracker.parent_run_id)
     return SweepResult(sweep_dir, tracker.uri, tracker.parent_run_id, best, len(results),
                        results.num_errors, timeline, experiment_id=tracker.experiment_id,
-                       pareto=front, report=summary)
+                       pareto=front, report=summary,
+                       confirmation=confirmation.rows if confirmation else [],
+                       confirm_table=confirm.table(confirmation.rows, metric)
+                       if confirmation else "")

@@ -10,6 +10,7 @@ sweep's saved state, sends it again with backoff, and finds each trial's run aga
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -22,7 +23,15 @@ from captioning.config.metrics import EPOCH_METRICS
 from captioning.config.schema import ExperimentConfig
 from captioning.errors import first_line
 from captioning.tracking.client import fail_fast, is_unreachable
-from captioning.tracking.runs import PBT_PREFIX, SweepTracker, flatten
+from captioning.tracking.runs import (
+    CONFIRM_DRAW_TAG,
+    CONFIRM_SEED_TAG,
+    CONFIRMS_TAG,
+    MAX_TAG_CHARS,
+    PBT_PREFIX,
+    SweepTracker,
+    flatten,
+)
 from captioning.tune import search_space as spaces
 from captioning.tune.trainable import CLONED_EPOCH, CLONED_FROM, trial_name
 
@@ -71,6 +80,7 @@ class MlflowTrials(tune.Callback):
         self.names: dict[str, tuple[str, dict[str, Any]]] = {}  # trial id -> run name, params
         self._tracker: SweepTracker | None = None
         self.runs: dict[str, str] = {}
+        self.tags: dict[str, dict[str, str]] = {}  # trial id -> its run's own tags
         self.steps: dict[str, int] = {}  # trial id -> the last epoch its run has in MLflow
         self._reset_backoff()
 
@@ -85,10 +95,12 @@ class MlflowTrials(tune.Callback):
 
     def get_state(self) -> dict[str, Any]:
         """Saved by Ray Tune with every snapshot of the sweep's state."""
-        return {"pending": list(self.pending), "names": dict(self.names)}
+        return {"pending": list(self.pending), "names": dict(self.names),
+                "tags": dict(self.__dict__.get("tags", {}))}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.pending, self.names = list(state["pending"]), dict(state["names"])
+        self.tags = dict(state.get("tags", {}))  # a sweep saved before confirmation runs
 
     @property
     def tracker(self) -> SweepTracker:
@@ -99,8 +111,9 @@ class MlflowTrials(tune.Callback):
     def _run_id(self, trial_id: str) -> str:
         if trial_id not in self.runs:
             name, params = self.names[trial_id]
+            tags = self.__dict__.get("tags", {}).get(trial_id)
             self.runs[trial_id] = self.tracker.trial_run(trial_id, name, params,
-                                                         getattr(self, "dataset", None))
+                                                         getattr(self, "dataset", None), tags)
         return self.runs[trial_id]
 
     def _send(self, kind: str, trial_id: str, payload: Any) -> None:
@@ -178,6 +191,15 @@ class MlflowTrials(tune.Callback):
         if trial.trial_id not in self.names:
             params = flatten(self.config_of(trial).to_dict())
             self.names[trial.trial_id] = (trial_name(trial.config), params)
+            confirm = trial.config.get(spaces.CONFIRM)
+            if isinstance(confirm, dict):  # a confirmation run: tagged with what it confirms
+                self.__dict__.setdefault("tags", {})[trial.trial_id] = {
+                    CONFIRMS_TAG: str(confirm[spaces.CONFIRMS]),
+                    CONFIRM_SEED_TAG: str(confirm["train.seed"]),
+                    CONFIRM_DRAW_TAG: json.dumps(spaces.drawn_values(
+                        {k: v for k, v in confirm.items()
+                         if k not in ("train.seed", spaces.CONFIRMS)}),
+                        sort_keys=True, default=str)[:MAX_TAG_CHARS]}
         self.pending.append((kind, trial.trial_id, payload))
         self.flush()
 

@@ -155,8 +155,17 @@ def _meets(drawn: Any, wanted: Any) -> bool:
 NOT_DRAWN = "<not drawn>"
 
 
+# A confirmation trial's config as Ray holds it (tune/confirm.py): {CONFIRM: {the search
+# trial's draw, train.seed, CONFIRMS: that trial's id}}.
+CONFIRM = "confirm"
+CONFIRMS = "confirms"
+
+
 def drawn_values(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config as Ray holds it -> the keys it drew and their values."""
+    """A trial's config as Ray holds it -> the keys it drew and their values (a confirmation
+    trial's: the draw it confirms, with its own train.seed)."""
+    if isinstance(config.get(CONFIRM), dict):
+        config = {k: v for k, v in config[CONFIRM].items() if k != CONFIRMS}
     return {key: value for key, value in config.items() if value != NOT_DRAWN}
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def trial_name(drawn: dict[str, Any]) -> str:
     """A name a person can tell trials apart by in the MLflow UI."""
+    confirming = isinstance(drawn.get(spaces.CONFIRM), dict)
     drawn = spaces.drawn_values(drawn)
     parts = []
     if "model.decoder" in drawn:
@@ -43,6 +44,8 @@ def trial_name(drawn: dict[str, Any]) -> str:
         parts.append(f"b{drawn['train.batch_size']}")
     if "embedding" in drawn:
         parts.append(str(drawn["embedding"]).replace("spacy:", "spacy-"))
+    if confirming:  # a confirmation run of sweep.confirm (tune/confirm.py): its new seed
+        parts.append(f"seed {drawn['train.seed']}")
     return " ".join(parts) or "trial"
 
 
@@ -61,9 +64,11 @@ def trial_dirname(trial: Any) -> str:
     return TRIAL_DIR.format(trial.trial_id)
 
 
-def trial_storage(base: dict[str, Any], trial_id: str) -> str:
-    """Where Ray Tune keeps trial `trial_id`'s checkpoints: a path or URI on the storage."""
-    return f"{base['sweep']['storage_path']}/{base['name']}/{TRIAL_DIR.format(trial_id)}"
+def trial_storage(base: dict[str, Any], trial_id: str, experiment: str | None = None) -> str:
+    """Where Ray Tune keeps trial `trial_id`'s checkpoints: a path or URI on the storage, in
+    the folder of Ray experiment `experiment` (the sweep's name, or its confirmation's)."""
+    return (f"{base['sweep']['storage_path']}/{experiment or base['name']}/"
+            f"{TRIAL_DIR.format(trial_id)}")
 
 
 def cloned_from(restored: Any, trial_id: str) -> str | None:
@@ -95,7 +100,8 @@ def train_trial(drawn: dict[str, Any], base: dict[str, Any]) -> None:
     model_dir = Path(context.get_trial_dir()) / "model"
     restored = tune.get_checkpoint()  # what the sweep's saved state points at, or None
     known = epochs_in(restored.filesystem, restored.path) if restored else 0
-    filesystem, trial_dir = storage(trial_storage(base, context.get_trial_id()))
+    filesystem, trial_dir = storage(trial_storage(base, context.get_trial_id(),
+                                                       context.get_experiment_name()))
     # Population Based Training restarts a trial from another trial's checkpoint, with that
     # trial's hyperparameters perturbed: continue from it, not from one of this trial's own.
     cloned = cloned_from(restored, context.get_trial_id())
