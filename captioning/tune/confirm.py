@@ -28,7 +28,7 @@ from captioning.evaluation.spread import spread
 from captioning.tune import search_space as spaces
 from captioning.tune.mlflow_callback import finished, trial_epochs
 from captioning.tune.resume import CheckpointKeeper
-from captioning.tune.trainable import trial_dirname, trial_name
+from captioning.tune.trainable import kept_row, trial_dirname, trial_name
 
 SUFFIX = "-confirm"  # the confirmation's Ray experiment: <sweep name>-confirm
 
@@ -41,9 +41,9 @@ class Confirmation:
 
 def kept(frame: Any, metric: str, mode: str) -> dict[str, float] | None:
     """A trial's scores at its kept epoch (the best by `metric`) from its results, or None."""
-    if frame is None or metric not in frame or frame[metric].isna().all():
+    row = kept_row(frame, metric, mode)
+    if row is None:
         return None
-    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
     return {k: float(row[k]) for k in row.index
             if (k == "epoch" or k.startswith("val_")) and row[k] == row[k]}
 

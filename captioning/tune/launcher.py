@@ -50,7 +50,12 @@ from captioning.tune.mlflow_callback import MlflowTrials, finished, trial_epochs
 from captioning.tune.preflight import check_cpus, check_encoder_files, check_gpus
 from captioning.tune.report import make_report
 from captioning.tune.resume import CheckpointKeeper, keep_only_latest, repair_state
-from captioning.tune.trainable import FEATURES_EXTRACTED, train_trial, trial_dirname
+from captioning.tune.trainable import (
+    FEATURES_EXTRACTED,
+    kept_row,
+    train_trial,
+    trial_dirname,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +91,9 @@ def _best(results: Any, metric: str, mode: str, runs: dict[str, str]) -> dict[st
         best = results.get_best_result(metric=metric, mode=mode, scope="all")
     except RuntimeError:  # no trial reported the metric
         return None
-    frame = best.metrics_dataframe
-    if frame is None or metric not in frame or frame[metric].isna().all():
+    row = kept_row(best.metrics_dataframe, metric, mode)
+    if row is None:
         return None
-    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
     metrics = {k: float(row[k]) for k in row.index
                if k.startswith(("val_", "loss", "accuracy")) and row[k] == row[k]}
     trial_id = best.metrics["trial_id"]

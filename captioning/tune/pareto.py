@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from captioning.tune.trainable import kept_row
+
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
     """Whether `a` is at least as good as `b` on every objective and better on one."""
@@ -29,10 +31,9 @@ def front_rows(results: Any, objectives: Mapping[str, str], runs: Mapping[str, s
     metric, mode = next(iter(objectives.items()))
     rows = []
     for result in results:
-        frame = result.metrics_dataframe
-        if frame is None or metric not in frame or frame[metric].isna().all():
+        row = kept_row(result.metrics_dataframe, metric, mode)
+        if row is None:
             continue
-        row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
         values = {name: float(row[name]) for name in objectives if name in row.index}
         if len(values) < len(objectives) or any(v != v for v in values.values()):  # NaN
             continue

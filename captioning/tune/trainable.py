@@ -60,6 +60,14 @@ CLONED_FROM = "pbt_cloned_from"
 CLONED_EPOCH = "pbt_cloned_epoch"
 
 
+def kept_row(frame: Any, metric: str, mode: str) -> Any:
+    """A trial's report of its kept epoch (the best by `metric`) from its results' frame
+    (Ray's metrics_dataframe), or None when no epoch reported the metric."""
+    if frame is None or metric not in frame or frame[metric].isna().all():
+        return None
+    return frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+
+
 def trial_dirname(trial: Any) -> str:
     return TRIAL_DIR.format(trial.trial_id)
 
